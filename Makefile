@@ -1,0 +1,38 @@
+# Berth — make targets. `make install` then `make run` starts Berth on embedded defaults;
+# `make test` runs everything CI runs.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+PROTOS := protos/shim/v1/shim.proto protos/snapshotter/v1/snapshotter.proto
+DEB_PACKAGES := redis-server busybox-static iptables docker-registry openssl tmux
+
+.PHONY: install install-deb install-py run test protos protos-check lint bench clean
+
+install: install-deb install-py
+
+install-deb:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+install-py:
+	$(PIP) install -q -e '.[dev]'
+
+run:
+	berthd
+
+test:
+	$(PYTHON) -m pytest
+
+protos:
+	$(PYTHON) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy apiserver shim snapshotter registry_client protos common
+
+bench:
+	$(PYTHON) -m tests.bench
+
+clean:
+	rm -rf build *.egg-info .pytest_cache .mypy_cache .ruff_cache

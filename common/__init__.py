@@ -1,0 +1,1 @@
+"""Pieces every Berth process shares: logging, node records, Linux syscalls, mounts."""

@@ -1,0 +1,80 @@
+"""The Redis key layout: the contract between apiserver, shim and snapshotter processes.
+
+Ownership (DESIGN.md §3): the apiserver writes configuration and desired state (``config``
+fields, names, image index); the shim writes a container's runtime ``state`` field; each
+snapshotter writes only its own node's snapshot metadata. All keys live under one namespace so
+two Berths (or a test) can share a Redis server without meeting.
+
+Container hash ``ctr:<id>``: ``config`` (JSON, apiserver), ``state`` (JSON of
+``shim.api.ContainerState``, shim), ``node`` (node id). ``ctrs`` is a sorted set of ids scored by
+creation time in ns; ``names`` maps ``name`` (no slash) → id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    ns: str = "berth"
+
+    # containers
+    def container(self, id: str) -> str:
+        return f"{self.ns}:ctr:{id}"
+
+    @property
+    def containers(self) -> str:
+        return f"{self.ns}:ctrs"
+
+    @property
+    def names(self) -> str:
+        return f"{self.ns}:names"
+
+    # images: hash img:<id> (config JSON, layers, size, created, tags/digests as JSON lists)
+    def image(self, id: str) -> str:
+        return f"{self.ns}:img:{id}"
+
+    def image_nodes(self, id: str) -> str:
+        return f"{self.ns}:img:{id}:nodes"
+
+    @property
+    def images(self) -> str:
+        return f"{self.ns}:imgs"
+
+    @property
+    def tags(self) -> str:
+        """Hash: normalised ``repo:tag`` → image id."""
+        return f"{self.ns}:tags"
+
+    @property
+    def digests(self) -> str:
+        """Hash: normalised ``repo@sha256:…`` → image id."""
+        return f"{self.ns}:digests"
+
+    # nodes: hash node id → JSON record; heartbeat keys expire
+    @property
+    def nodes(self) -> str:
+        return f"{self.ns}:nodes"
+
+    def heartbeat(self, node: str, part: str) -> str:
+        return f"{self.ns}:node:{node}:hb:{part}"
+
+    # events: one capped stream
+    @property
+    def events(self) -> str:
+        return f"{self.ns}:events"
+
+    # snapshotter metadata, per node
+    def snapshot(self, node: str, key: str) -> str:
+        return f"{self.ns}:snap:{node}:s:{key}"
+
+    def snapshot_index(self, node: str) -> str:
+        """Set of every snapshot key/name on ``node``."""
+        return f"{self.ns}:snap:{node}:keys"
+
+    def snapshot_children(self, node: str, key: str) -> str:
+        return f"{self.ns}:snap:{node}:children:{key}"
+
+    def snapshot_seq(self, node: str) -> str:
+        return f"{self.ns}:snap:{node}:seq"

@@ -1,0 +1,177 @@
+"""Linux syscalls Python 3.11 lacks (mount, umount2, unshare, setns, pivot_root, prctl, fsopen…).
+
+Thin ctypes wrappers that raise ``OSError`` with errno like the ``os`` module does. Process-wide
+operations (chdir, unshare of CLONE_FS state) belong only in single-threaded processes: the
+shim's supervisor and its forked children.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+# mount flags
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_MOVE = 0x2000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+MS_STRICTATIME = 1 << 24
+MS_RELATIME = 1 << 21
+
+MNT_DETACH = 0x2
+
+# clone flags
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# prctl
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+# x86_64 / aarch64 syscall numbers for calls glibc 2.36 does not wrap
+_SYSCALLS = {
+    "x86_64": {"pivot_root": 155, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "move_mount": 429,
+               "capget": 125, "capset": 126},
+    "aarch64": {"pivot_root": 41, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "move_mount": 429,
+                "capget": 90, "capset": 91},
+}
+_NR = _SYSCALLS[os.uname().machine]
+
+FSCONFIG_SET_FLAG = 0
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
+FSOPEN_CLOEXEC = 0x1
+FSMOUNT_CLOEXEC = 0x1
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+AT_FDCWD = -100
+
+
+def _check(result: int, what: str, path: str | None = None) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        if path is not None:
+            raise OSError(err, f"{what}: {os.strerror(err)}", path)
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return result
+
+
+def _b(value: str | None) -> bytes | None:
+    return None if value is None else os.fsencode(value)
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
+    _check(_libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data)), "mount", target)
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(_b(target), flags), "umount2", target)
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    _check(_libc.setns(fd, nstype), "setns")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _check(_libc.syscall(_NR["pivot_root"], _b(new_root), _b(put_old)), "pivot_root", new_root)
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    return _check(
+        _libc.prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), ctypes.c_ulong(arg4), ctypes.c_ulong(arg5)),
+        "prctl",
+    )
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    _check(_libc.sethostname(raw, len(raw)), "sethostname")
+
+
+def setdomainname(name: str) -> None:
+    raw = name.encode()
+    _check(_libc.setdomainname(raw, len(raw)), "setdomainname")
+
+
+# New mount API (Linux >= 5.2; "lowerdir+" for overlay needs >= 6.8).
+def fsopen(fstype: str) -> int:
+    return _check(_libc.syscall(_NR["fsopen"], _b(fstype), FSOPEN_CLOEXEC), "fsopen")
+
+
+def fsconfig_string(fd: int, key: str, value: str) -> None:
+    _check(_libc.syscall(_NR["fsconfig"], fd, FSCONFIG_SET_STRING, _b(key), _b(value), 0),
+           f"fsconfig {key}", value)
+
+
+def fsconfig_flag(fd: int, key: str) -> None:
+    _check(_libc.syscall(_NR["fsconfig"], fd, FSCONFIG_SET_FLAG, _b(key), None, 0), f"fsconfig {key}")
+
+
+def fsconfig_create(fd: int) -> None:
+    _check(_libc.syscall(_NR["fsconfig"], fd, FSCONFIG_CMD_CREATE, None, None, 0), "fsconfig create")
+
+
+def fsmount(fd: int, attr_flags: int = 0) -> int:
+    return _check(_libc.syscall(_NR["fsmount"], fd, FSMOUNT_CLOEXEC, attr_flags), "fsmount")
+
+
+def move_mount(from_fd: int, target: str) -> None:
+    _check(_libc.syscall(_NR["move_mount"], from_fd, b"", AT_FDCWD, _b(target), MOVE_MOUNT_F_EMPTY_PATH),
+           "move_mount", target)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    """Set this thread's capability sets (64-bit masks)."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in range(2):
+        shift = 32 * i
+        data[i].effective = (effective >> shift) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+    _check(_libc.syscall(_NR["capset"], ctypes.byref(header), ctypes.byref(data)), "capset")
+
+
+def capget() -> tuple[int, int, int]:
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_libc.syscall(_NR["capget"], ctypes.byref(header), ctypes.byref(data)), "capget")
+    eff = data[0].effective | (data[1].effective << 32)
+    prm = data[0].permitted | (data[1].permitted << 32)
+    inh = data[0].inheritable | (data[1].inheritable << 32)
+    return eff, prm, inh

@@ -1,0 +1,199 @@
+"""The snapshotter's interfaces: snapshots, content and image import/export on one host.
+
+Vocabulary (as in containerd's snapshots package):
+
+* A **key** names an *active* or *view* snapshot; a **name** names a *committed* one. Keys and
+  names share one key space per host: ``prepare("x")`` fails with ``AlreadyExists`` if a
+  committed snapshot ``x`` exists, and vice versa.
+* A **parent** is always a committed snapshot. Active snapshots can never be parents.
+* Lifecycle: ``prepare(key, parent)`` → write into the returned mounts → ``commit(name, key)``
+  turns the active snapshot into a committed one (the key disappears, the directory and numeric
+  id stay). ``view(key, parent)`` gives a read-only snapshot that can only be removed.
+* Committed image layers are named by their **chain id** (image-spec ``ChainID``), so two images
+  sharing layers share snapshots, and an unpack that finds the chain id present does nothing.
+
+Failure cases, by method, use the shared vocabulary in :mod:`protos.errors`:
+
+* ``prepare``/``view``: ``AlreadyExists`` if the key or name is taken; ``NotFound`` if the parent
+  is missing; ``InvalidArgument`` if the parent is not committed or the chain is deeper than
+  ``MAX_DEPTH`` layers.
+* ``mounts``/``stat``/``usage``/``update``: ``NotFound`` for an unknown key.
+* ``commit``: ``NotFound`` for an unknown key, ``FailedPrecondition`` if the key is not active,
+  ``AlreadyExists`` if the name is taken.
+* ``remove``: ``NotFound`` if absent, ``FailedPrecondition`` while it has children.
+
+Costs: ``prepare``, ``view``, ``mounts``, ``stat``, ``commit`` are O(1) metadata operations plus
+directory creation (``commit`` also walks the upper directory once to record its usage);
+``usage`` of an active snapshot walks its upper directory; ``remove`` drops metadata at once and
+deletes the directory (``cleanup`` removes directories orphaned by a crash).
+
+The snapshotter does not mount anything: it returns :class:`Mount` specs and the consumer (the
+shim's container child, a differ, a test) mounts them with :func:`common.mounts.mount_all`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from common.mounts import Mount
+
+__all__ = ["MAX_DEPTH", "BlobInfo", "ContentStore", "ExportImage", "ImageRecord", "Images", "Info",
+           "Kind", "LayerRef", "Mount", "Snapshotter", "Usage"]
+
+# Docker's overlay2 limit; deeper chains are rejected when preparing a child.
+MAX_DEPTH = 128
+
+
+class Kind(enum.StrEnum):
+    VIEW = "view"
+    ACTIVE = "active"
+    COMMITTED = "committed"
+
+
+@dataclass(frozen=True, slots=True)
+class Info:
+    name: str
+    parent: str
+    kind: Kind
+    created_at_ns: int
+    updated_at_ns: int
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    size: int
+    inodes: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class LayerRef:
+    """A layer of an image: the blob as stored (``digest``, maybe compressed) and its ``diff_id``."""
+
+    digest: str
+    diff_id: str
+    media_type: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRecord:
+    """What the host knows of one image after an import: its config and unpacked layer chain.
+
+    ``id`` is the config digest (Docker's image id). ``chain_id`` names the committed snapshot
+    of the top layer ("" for an image with no layers). ``size`` is the unpacked size of all
+    layers. ``repo_tags`` are the tags the archive carried, normalised by the importer only as far
+    as the archive format requires (the apiserver normalises references).
+    """
+
+    id: str
+    config: bytes
+    repo_tags: tuple[str, ...]
+    layers: tuple[LayerRef, ...]
+    chain_id: str
+    size: int
+
+
+class Snapshotter(Protocol):
+    """containerd-style snapshots over overlayfs. Every method is safe to call concurrently."""
+
+    async def prepare(self, key: str, parent: str = "", labels: Mapping[str, str] | None = None) -> list[Mount]:
+        """Create an active snapshot ``key`` on top of committed ``parent`` ("" for none)."""
+        ...
+
+    async def view(self, key: str, parent: str = "", labels: Mapping[str, str] | None = None) -> list[Mount]:
+        """Create a read-only view ``key`` of committed ``parent``."""
+        ...
+
+    async def mounts(self, key: str) -> list[Mount]:
+        """The mounts of an existing active snapshot or view (how a restarted consumer re-mounts)."""
+        ...
+
+    async def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> None:
+        """Turn active snapshot ``key`` into committed ``name``; records its usage."""
+        ...
+
+    async def remove(self, key: str) -> None:
+        """Remove a snapshot of any kind that has no children."""
+        ...
+
+    async def stat(self, key: str) -> Info:
+        ...
+
+    async def update(self, key: str, labels: Mapping[str, str]) -> Info:
+        """Replace the labels of a snapshot; name, parent, kind and created are immutable."""
+        ...
+
+    async def usage(self, key: str) -> Usage:
+        """Disk used by this snapshot's own layer (never its parents)."""
+        ...
+
+    def list(self, filters: Sequence[str] = ()) -> AsyncIterator[Info]:
+        """Every snapshot; ``filters`` (``name==x``, ``parent==y``, ``kind==committed``,
+        ``labels.k==v``) are OR-ed as in containerd."""
+        ...
+
+    async def cleanup(self) -> int:
+        """Delete directories no metadata refers to; returns how many were removed."""
+        ...
+
+
+class ContentStore(Protocol):
+    """Blobs by digest (``sha256:<hex>``), verified on write: a blob whose bytes do not hash to
+    the expected digest is never stored (``DigestMismatch``)."""
+
+    async def info(self, digest: str) -> BlobInfo:
+        ...
+
+    def read(self, digest: str, offset: int = 0) -> AsyncIterator[bytes]:
+        """Stream the blob from ``offset``; ``BlobNotFound`` if absent."""
+        ...
+
+    async def write(self, chunks: AsyncIterator[bytes], expected: str = "", size: int = -1) -> BlobInfo:
+        """Store a blob. With ``expected``, the digest must match; with ``size`` >= 0, the length."""
+        ...
+
+    async def delete(self, digest: str) -> None:
+        ...
+
+    def list(self) -> AsyncIterator[BlobInfo]:
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ExportImage:
+    """One image to write into a ``docker save`` archive, with the tags to record for it."""
+
+    id: str
+    repo_tags: tuple[str, ...]
+    layers: tuple[LayerRef, ...]
+
+
+class Images(Protocol):
+    """Moves whole images in and out of this host's content store and snapshots."""
+
+    async def import_archive(self, chunks: AsyncIterator[bytes]) -> list[ImageRecord]:
+        """Load a ``docker save`` tarball or an OCI image layout tarball: store config and layer
+        blobs, unpack every layer into a snapshot named by its chain id (skipping chains already
+        present), and describe each image found. Hostile entries raise ``UnsafeArchive``; a
+        malformed archive ``InvalidArgument``; nothing half-imported is left referenced."""
+        ...
+
+    def export_archive(self, images: Sequence[ExportImage]) -> AsyncIterator[bytes]:
+        """Write a ``docker save`` tarball (``manifest.json``, ``repositories``, OCI ``index.json``,
+        ``oci-layout`` and ``blobs/sha256/…`` with uncompressed layers) for ``images``."""
+        ...
+
+    async def unpack(self, layers: Sequence[LayerRef]) -> str:
+        """Make sure the chain of ``layers`` (blobs already in the content store) is unpacked;
+        returns the top chain id. Layers whose chain exists are skipped; diff ids are verified."""
+        ...
