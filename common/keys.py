@@ -28,6 +28,15 @@ class Keys:
         return f"{self.ns}:ctrs"
 
     @property
+    def containers_lex(self) -> str:
+        """Sorted set of ids, all scored 0, for ID-prefix lookups (ZRANGEBYLEX)."""
+        return f"{self.ns}:ctrs:lex"
+
+    def autoremove_claim(self, id: str) -> str:
+        """Set NX by the one API server that removes an exited ``--rm`` container."""
+        return f"{self.ns}:ctr:{id}:autoremove"
+
+    @property
     def names(self) -> str:
         return f"{self.ns}:names"
 
@@ -41,6 +50,10 @@ class Keys:
     @property
     def images(self) -> str:
         return f"{self.ns}:imgs"
+
+    @property
+    def images_lex(self) -> str:
+        return f"{self.ns}:imgs:lex"
 
     @property
     def tags(self) -> str:

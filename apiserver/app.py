@@ -1,0 +1,117 @@
+"""The aiohttp application: middlewares, route registration, error → HTTP mapping.
+
+Every route exists with and without the ``/v{version}`` prefix (moby's createMux); versions
+outside [MIN_API_VERSION, API_VERSION] are refused with moby's texts. Handlers return responses
+or raise :class:`protos.errors.BerthError`; one middleware turns errors into HTTP
+(``{"message": …}``, exact ``application/json``), and only ≥500 is logged as an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from apiserver import API_VERSION, MIN_API_VERSION, SERVER_HEADER
+from apiserver.httputil import error_response
+from apiserver.metrics import Metrics
+from protos.errors import BerthError, NotModified
+
+log = structlog.get_logger()
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in v.split("."))
+    except ValueError:
+        return (0,)
+
+
+def add_route(app: web.Application, method: str, path: str, handler: Handler) -> None:
+    """Register ``path`` and ``/v{version}path`` for ``method``."""
+    app.router.add_route(method, path, handler)
+    app.router.add_route(method, r"/v{api_version:[0-9]+(?:\.[0-9]+)*}" + path, handler)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except NotModified:
+        return web.Response(status=304)
+    except BerthError as err:
+        if err.http_status >= 500:
+            log.error("request_failed", error=err.message, error_class=type(err).__name__)
+        return error_response(err.http_status, err.message)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
+        return error_response(404, "page not found")
+    except web.HTTPException as exc:
+        return error_response(exc.status, exc.reason)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception as exc:
+        log.exception("request_crashed", error=repr(exc))
+        return error_response(500, f"internal error: {exc}")
+
+
+@web.middleware
+async def _versions(request: web.Request, handler: Handler) -> web.StreamResponse:
+    version = request.match_info.get("api_version")
+    if version is not None:
+        requested = _version_tuple(version)
+        if requested < _version_tuple(MIN_API_VERSION):
+            return error_response(
+                400, f"client version {version} is too old. Minimum supported API version is "
+                     f"{MIN_API_VERSION}, please upgrade your client to a newer version")
+        if requested > _version_tuple(API_VERSION):
+            return error_response(
+                400, f"client version {version} is too new. Maximum supported API version is {API_VERSION}")
+    return await handler(request)
+
+
+@web.middleware
+async def _access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = request.headers.get("X-Request-Id") or secrets.token_hex(6)
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    start = time.perf_counter()
+    status = 500
+    try:
+        resp = await handler(request)
+        status = resp.status
+        return resp
+    finally:
+        ms = round((time.perf_counter() - start) * 1000, 2)
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "-"
+        request.app[METRICS].observe_request(request.method, route, status, ms / 1000)
+        log.info("api_request", method=request.method, path=request.path, status=status, ms=ms)
+        structlog.contextvars.unbind_contextvars("request_id")
+
+
+async def _engine_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Api-Version"] = API_VERSION
+    response.headers["Ostype"] = "linux"
+    response.headers["Docker-Experimental"] = "false"
+    response.headers["Server"] = SERVER_HEADER
+
+
+async def _not_found(request: web.Request) -> web.StreamResponse:
+    return error_response(404, "page not found")
+
+
+def build_app(register: list[Callable[[web.Application], None]], **settings: Any) -> web.Application:
+    """An application with the Engine API middlewares; ``register`` callbacks add the routers."""
+    app = web.Application(middlewares=[_access_log, _errors, _versions], client_max_size=0, **settings)
+    app[METRICS] = Metrics()
+    app.on_response_prepare.append(_engine_headers)
+    for reg in register:
+        reg(app)
+    app.router.add_route("*", "/{tail:.*}", _not_found)
+    return app

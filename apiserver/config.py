@@ -1,0 +1,157 @@
+"""berthd's configuration: dockerd's flags where they overlap, plus a ``daemon.json``-style file.
+
+As dockerd does, a directive given both as a flag and in the configuration file is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_SOCKET = "unix:///run/berth/berth.sock"
+
+
+class ConfigError(Exception):
+    """A configuration problem berthd reports and exits on (exit code 1, like dockerd)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    enabled: bool = False
+    verify: bool = False
+    cacert: str = ""
+    cert: str = ""
+    key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    hosts: tuple[str, ...] = (DEFAULT_SOCKET,)
+    data_root: Path = Path("/var/lib/berth")
+    exec_root: Path = Path("/run/berth")
+    pidfile: Path = Path("/run/berth/berthd.pid")
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    allow_insecure_tcp: bool = False
+    log_level: str = "info"
+    debug: bool = False
+    redis_url: str = ""
+    redis_namespace: str = "berth"
+    cgroup_parent: str = "berth"
+    labels: tuple[str, ...] = ()
+    shutdown_timeout: int = 15
+    group: str = "berth"
+    node_id: str = ""
+
+    @property
+    def embedded(self) -> bool:
+        """No cluster configuration: berthd runs its own Redis, shim and snapshotter."""
+        return not self.redis_url
+
+
+# flag dest → daemon.json key
+_FILE_KEYS = {
+    "hosts": "hosts", "data_root": "data-root", "exec_root": "exec-root", "pidfile": "pidfile",
+    "tls": "tls", "tlsverify": "tlsverify", "tlscacert": "tlscacert", "tlscert": "tlscert", "tlskey": "tlskey",
+    "log_level": "log-level", "debug": "debug", "redis_url": "redis-url", "redis_namespace": "redis-namespace",
+    "cgroup_parent": "cgroup-parent", "labels": "labels", "shutdown_timeout": "shutdown-timeout",
+    "group": "group", "allow_insecure_tcp": "allow-insecure-tcp", "node_id": "node-id",
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="berthd", description="Berth: a Docker-compatible container engine.")
+    p.add_argument("-H", "--host", dest="hosts", action="append", default=None,
+                   help="daemon socket(s) to listen on: unix:///path or tcp://host:port (repeatable)")
+    p.add_argument("--data-root", dest="data_root", default=None, help="root of persistent state")
+    p.add_argument("--exec-root", dest="exec_root", default=None, help="root of runtime state (sockets, pids)")
+    p.add_argument("-p", "--pidfile", dest="pidfile", default=None, help="path of the daemon PID file")
+    p.add_argument("--tls", dest="tls", action="store_true", default=None, help="use TLS; implied by --tlsverify")
+    p.add_argument("--tlsverify", dest="tlsverify", action="store_true", default=None,
+                   help="use TLS and require client certificates signed by --tlscacert")
+    p.add_argument("--tlscacert", dest="tlscacert", default=None, help="CA that signs client certificates")
+    p.add_argument("--tlscert", dest="tlscert", default=None, help="server certificate")
+    p.add_argument("--tlskey", dest="tlskey", default=None, help="server key")
+    p.add_argument("--allow-insecure-tcp", dest="allow_insecure_tcp", action="store_true", default=None,
+                   help="allow TCP listeners beyond loopback without --tlsverify (gives root to the network)")
+    p.add_argument("-l", "--log-level", dest="log_level", default=None,
+                   choices=["debug", "info", "warn", "error", "fatal"], help="logging level")
+    p.add_argument("-D", "--debug", dest="debug", action="store_true", default=None, help="debug mode")
+    p.add_argument("--config-file", dest="config_file", default="/etc/berth/daemon.json",
+                   help="daemon configuration file (JSON)")
+    p.add_argument("--redis-url", dest="redis_url", default=None,
+                   help="join a cluster through this Redis instead of running an embedded one")
+    p.add_argument("--redis-namespace", dest="redis_namespace", default=None, help="key prefix in Redis")
+    p.add_argument("--cgroup-parent", dest="cgroup_parent", default=None, help="parent cgroup of containers")
+    p.add_argument("--label", dest="labels", action="append", default=None, help="daemon label key=value")
+    p.add_argument("--shutdown-timeout", dest="shutdown_timeout", type=int, default=None,
+                   help="seconds to wait for containers to stop on shutdown")
+    p.add_argument("-G", "--group", dest="group", default=None, help="group owning the unix socket")
+    p.add_argument("--node-id", dest="node_id", default=None, help="node id of the embedded host services")
+    p.add_argument("-v", "--version", dest="version", action="store_true", help="print the version and exit")
+    return p
+
+
+def load(argv: list[str]) -> tuple[DaemonConfig, bool]:
+    """Parse flags and the config file; returns (config, version_requested)."""
+    args = parser().parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if v is not None and k not in ("config_file", "version")}
+    from_file: dict[str, Any] = {}
+    config_path = Path(args.config_file)
+    explicit_file = "--config-file" in " ".join(argv)
+    if config_path.exists():
+        try:
+            from_file = json.loads(config_path.read_text() or "{}")
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"unable to configure the daemon with file {config_path}: {exc}") from None
+        if not isinstance(from_file, dict):
+            raise ConfigError(f"unable to configure the daemon with file {config_path}: not a JSON object")
+    elif explicit_file:
+        raise ConfigError(f"unable to configure the Docker daemon with file {config_path}: "
+                          "open: no such file or directory")
+    reverse = {v: k for k, v in _FILE_KEYS.items()}
+    unknown = [k for k in from_file if k not in reverse]
+    if unknown:
+        raise ConfigError(f"the following directives don't match any configuration option: {', '.join(unknown)}")
+    both = sorted(_FILE_KEYS[k] for k in flags if k in _FILE_KEYS and _FILE_KEYS[k] in from_file)
+    if both:
+        raise ConfigError("the following directives are specified both as a flag and in the configuration "
+                          f"file: {', '.join(both)}")
+    merged: dict[str, Any] = {reverse[k]: v for k, v in from_file.items()}
+    merged.update(flags)
+    return build(merged), bool(args.version)
+
+
+def build(values: dict[str, Any]) -> DaemonConfig:
+    default = DaemonConfig()
+    tlsverify = bool(values.get("tlsverify"))
+    tls = TLSConfig(
+        enabled=bool(values.get("tls")) or tlsverify, verify=tlsverify,
+        cacert=str(values.get("tlscacert") or ""), cert=str(values.get("tlscert") or ""),
+        key=str(values.get("tlskey") or ""))
+    if tls.enabled and not (tls.cert and tls.key):
+        raise ConfigError("could not load X509 key pair: --tlscert and --tlskey are required with --tls")
+    if tls.verify and not tls.cacert:
+        raise ConfigError("--tlsverify requires --tlscacert")
+    hosts = tuple(values.get("hosts") or default.hosts)
+    return DaemonConfig(
+        hosts=hosts,
+        data_root=Path(values.get("data_root") or default.data_root),
+        exec_root=Path(values.get("exec_root") or default.exec_root),
+        pidfile=Path(values.get("pidfile") or (Path(values["exec_root"]) / "berthd.pid"
+                                                if values.get("exec_root") else default.pidfile)),
+        tls=tls,
+        allow_insecure_tcp=bool(values.get("allow_insecure_tcp")),
+        log_level="debug" if values.get("debug") else str(values.get("log_level") or default.log_level),
+        debug=bool(values.get("debug")),
+        redis_url=str(values.get("redis_url") or ""),
+        redis_namespace=str(values.get("redis_namespace") or default.redis_namespace),
+        cgroup_parent=str(values.get("cgroup_parent") or default.cgroup_parent),
+        labels=tuple(values.get("labels") or ()),
+        shutdown_timeout=int(values.get("shutdown_timeout") if values.get("shutdown_timeout") is not None
+                             else default.shutdown_timeout),
+        group=str(values.get("group") or default.group),
+        node_id=str(values.get("node_id") or ""),
+    )

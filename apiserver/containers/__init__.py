@@ -1,0 +1,1 @@
+"""Containers: Redis records, create-body handling, Docker JSON views, and the backend."""

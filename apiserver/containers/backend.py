@@ -1,0 +1,443 @@
+"""What the container routes need, composed from the Redis stores, the event bus and the shim and
+snapshotter of the node each container lives on.
+
+Events: the API server appends the ones it causes (create, destroy, kill, stop, restart, attach,
+resize); the shim appends start, die and oom when it observes them.
+"""
+
+from __future__ import annotations
+
+import secrets
+import signal as signal_module
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+
+from apiserver.containers import create as create_mod
+from apiserver.containers import views
+from apiserver.containers.names import generate_name
+from apiserver.containers.store import ContainerRecord, ContainerStore
+from apiserver.events import Event, EventBus
+from apiserver.httputil import Filters
+from apiserver.images.store import ImageStore
+from apiserver.nodes import HostServices, NodeDirectory
+from common.events import append_event
+from common.keys import Keys
+from protos.errors import (
+    BerthError,
+    Conflict,
+    ContainerNotFound,
+    ContainerNotRunning,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    NotModified,
+)
+from shim.api import AttachInput, AttachOptions, ContainerState, LogEntry, LogsOptions, Output
+
+log = structlog.get_logger()
+
+LIST_FILTERS = ("id", "name", "label", "status", "exited", "ancestor", "before", "since", "is-task",
+                "health", "network", "volume", "publish", "expose", "isolation")
+WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
+
+
+@dataclass(frozen=True, slots=True)
+class WaitResult:
+    status_code: int
+    error: str = ""
+
+
+class ContainerBackend:
+    def __init__(self, *, redis: aioredis.Redis, keys: Keys, store: ContainerStore, images: ImageStore,
+                 nodes: NodeDirectory, bus: EventBus) -> None:
+        self._redis = redis
+        self._keys = keys
+        self.store = store
+        self._images = images
+        self._nodes = nodes
+        self._bus = bus
+
+    # -- helpers -----------------------------------------------------------------------------------
+    async def _host(self, record: ContainerRecord) -> HostServices:
+        return await self._nodes.host(record.node)
+
+    async def _event(self, record: ContainerRecord, action: str, **extra: str) -> None:
+        attrs = {"image": record.config["Config"].get("Image", ""), "name": record.name,
+                 **(record.config["Config"].get("Labels") or {}), **extra}
+        await append_event(self._redis, self._keys, "container", action, record.id, attrs)
+
+    # -- create / remove ---------------------------------------------------------------------------
+    async def create(self, name: str | None, body: Any, platform: str = "") -> tuple[str, list[str]]:
+        if not isinstance(body, dict):
+            raise InvalidArgument("invalid JSON: expected an object")
+        if platform and not platform.startswith("linux"):
+            raise InvalidArgument(f"image operating system {platform.split('/')[0]!r} cannot be used on this platform")
+        image_ref = body.get("Image") or ""
+        if not image_ref:
+            raise InvalidArgument("no image specified")
+        image = await self._images.resolve(image_ref)
+        plan = create_mod.plan(body, image, image_ref)
+        container_id = secrets.token_hex(32)
+        if name:
+            name = create_mod.validate_name(name)
+            await self.store.reserve_name(name, container_id)
+        else:
+            name = await self._unique_name(container_id)
+        created_ns = time.time_ns()
+        try:
+            load: Counter[str] = Counter()
+            if len(image.nodes) > 1:
+                load = Counter(r.node for r in await self.store.list())
+            node = await self._nodes.place(candidates=image.nodes, load=load)
+            config: dict[str, Any] = {
+                "Id": container_id,
+                "Created": views.rfc3339_nano(created_ns),
+                "CreatedNs": created_ns,
+                "Path": plan.path,
+                "Args": plan.args,
+                "Name": "/" + name,
+                "Image": image.id,
+                "Config": plan.config,
+                "HostConfig": plan.host_config,
+                "Node": {"ID": node.id, "Name": node.hostname},
+            }
+            record = ContainerRecord(id=container_id, config=config, state={}, node=node.id)
+            await self.store.put(record, created_ns)
+        except BaseException:
+            await self.store.release_name(name, container_id)
+            raise
+        try:
+            host = await self._nodes.host(node.id)
+            mounts = await host.snapshots.prepare(container_id, image.chain_id,
+                                                  {"berth.container": container_id})
+            try:
+                await host.runtime.create(create_mod.container_spec(container_id, config, mounts))
+            except BaseException:
+                await _ignore_missing(host.snapshots.remove(container_id))
+                raise
+        except BaseException:
+            await self.store.delete(record)
+            raise
+        await self._event(record, "create")
+        return container_id, plan.warnings
+
+    async def _unique_name(self, container_id: str) -> str:
+        for attempt in range(10):
+            candidate = generate_name(retry=attempt)
+            try:
+                await self.store.reserve_name(candidate, container_id)
+                return candidate
+            except Conflict:
+                continue
+        raise Conflict("could not generate a unique container name")
+
+    async def remove(self, ref: str, *, force: bool = False, volumes: bool = False) -> None:
+        record = await self.store.resolve(ref)
+        if record.running and not force:
+            if record.status == "paused":
+                raise Conflict(f"cannot remove container \"/{record.name}\": container is paused and "
+                               "must be unpaused first")
+            raise FailedPrecondition(
+                f'cannot remove container "/{record.name}": container is running: stop the container '
+                "before removing or force remove")
+        await self._remove_record(record, force=force)
+
+    async def _remove_record(self, record: ContainerRecord, *, force: bool) -> None:
+        host = await self._host(record)
+        await _ignore_missing(host.runtime.delete(record.id, force=force))
+        await _ignore_missing(host.snapshots.remove(record.id))
+        await self.store.delete(record)
+        await self._event(record, "destroy")
+
+    # -- read --------------------------------------------------------------------------------------
+    async def inspect(self, ref: str, *, size: bool = False) -> dict[str, Any]:
+        record = await self.store.resolve(ref)
+        size_rw = size_root = None
+        if size:
+            size_rw, size_root = await self._sizes(record)
+        return views.inspect_view(record, size_rw=size_rw, size_rootfs=size_root)
+
+    async def _sizes(self, record: ContainerRecord) -> tuple[int, int]:
+        host = await self._host(record)
+        rw = (await host.snapshots.usage(record.id)).size
+        try:
+            image = await self._images.get(record.config["Image"])
+            return rw, rw + image.size
+        except NotFound:
+            return rw, rw
+
+    async def list(self, *, all: bool, limit: int, size: bool, filters: Filters) -> list[dict[str, Any]]:
+        records = await self.store.list()
+        now = time.time_ns()
+        if not all and not filters.get("status") and not filters.get("exited") and limit <= 0:
+            records = [r for r in records if r.running]
+        records = await self._filter(records, filters, all=all or limit > 0)
+        if limit > 0:
+            records = records[:limit]
+        out = []
+        for record in records:
+            item = views.summary_view(record, now)
+            if size:
+                item["SizeRw"], item["SizeRootFs"] = await self._sizes(record)
+            out.append(item)
+        return out
+
+    async def _filter(self, records: list[ContainerRecord], filters: Filters, *, all: bool) -> list[ContainerRecord]:
+        if not filters:
+            return records
+        if "status" in filters:
+            allowed = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
+            for s in filters["status"]:
+                if s not in allowed:
+                    raise InvalidArgument(f"invalid filter 'status={s}'")
+        for key in ("is-task",):
+            for v in filters.get(key, []):
+                if v not in ("true", "false", "1", "0"):
+                    raise InvalidArgument(f"invalid filter '{key}={v}'")
+        ancestors: set[str] = set()
+        for ref in filters.get("ancestor", []):
+            found = await self._images.find(ref)
+            if found is not None:
+                ancestors.add(found.id)
+        before_ns = since_ns = None
+        if filters.get("before"):
+            before_ns = int((await self.store.resolve(filters["before"][0])).config.get("CreatedNs", 0))
+        if filters.get("since"):
+            since_ns = int((await self.store.resolve(filters["since"][0])).config.get("CreatedNs", 0))
+
+        def keep(r: ContainerRecord) -> bool:
+            if not all and "status" not in filters and "exited" not in filters and not r.running:
+                return False
+            if "id" in filters and not any(r.id.startswith(v) for v in filters["id"]):
+                return False
+            if "name" in filters and not any(_name_matches(r.name, v) for v in filters["name"]):
+                return False
+            if "status" in filters and views.docker_status(r) not in filters["status"]:
+                return False
+            if "exited" in filters:
+                if views.docker_status(r) != "exited" or str(r.state.get("exit_code", 0)) not in filters["exited"]:
+                    return False
+            labels = r.config["Config"].get("Labels") or {}
+            for want in filters.get("label", []):
+                key, sep, value = want.partition("=")
+                if key not in labels or (sep and labels[key] != value):
+                    return False
+            if "ancestor" in filters and r.config["Image"] not in ancestors:
+                return False
+            created = int(r.config.get("CreatedNs", 0))
+            if before_ns is not None and created >= before_ns:
+                return False
+            if since_ns is not None and created <= since_ns:
+                return False
+            if any(v in ("true", "1") for v in filters.get("is-task", [])):
+                return False
+            return True
+
+        return [r for r in records if keep(r)]
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def start(self, ref: str) -> None:
+        record = await self.store.resolve(ref)
+        if record.status == "paused":
+            raise Conflict("cannot start a paused container, try unpause instead")
+        host = await self._host(record)
+        await host.runtime.start(record.id)
+
+    async def stop(self, ref: str, *, signal: str | None = None, timeout: int | None = None) -> None:
+        record = await self.store.resolve(ref)
+        if not record.running:
+            raise NotModified("container already stopped")
+        sig, wait = self._stop_params(record, signal, timeout)
+        await self._event(record, "kill", signal=str(sig))
+        host = await self._host(record)
+        await host.runtime.stop(record.id, sig, float(wait))
+        await self._event(record, "stop")
+
+    def _stop_params(self, record: ContainerRecord, signal: str | None, timeout: int | None) -> tuple[int, int]:
+        sig = create_mod.parse_signal(signal or record.config["Config"].get("StopSignal"))
+        if timeout is None:
+            timeout = int(record.config["Config"].get("StopTimeout", create_mod.DEFAULT_STOP_TIMEOUT))
+        return sig, timeout
+
+    async def restart(self, ref: str, *, signal: str | None = None, timeout: int | None = None) -> None:
+        record = await self.store.resolve(ref)
+        host = await self._host(record)
+        if record.running:
+            sig, wait = self._stop_params(record, signal, timeout)
+            await self._event(record, "kill", signal=str(sig))
+            await _ignore_not_modified(host.runtime.stop(record.id, sig, float(wait)))
+            await self._event(record, "stop")
+        await host.runtime.start(record.id)
+        await self._event(record, "restart")
+
+    async def kill(self, ref: str, signal: str | None) -> None:
+        record = await self.store.resolve(ref)
+        sig = create_mod.parse_signal(signal, default=signal_module.SIGKILL)
+        if not record.running:
+            raise ContainerNotRunning(f"cannot kill container: {record.id}: container {record.id} is not running")
+        host = await self._host(record)
+        try:
+            await host.runtime.kill(record.id, sig)
+        except ContainerNotRunning:
+            raise ContainerNotRunning(
+                f"cannot kill container: {record.id}: container {record.id} is not running") from None
+        await self._event(record, "kill", signal=str(sig))
+
+    async def wait(self, ref: str, condition: str) -> AsyncIterator[WaitResult]:
+        """An iterator whose first step registers the waiter (so the route can send headers right
+        after) and whose second yields the result."""
+        if condition == "":
+            condition = "not-running"
+        if condition not in WAIT_CONDITIONS:
+            raise InvalidArgument(f'invalid condition: "{condition}"')
+        record = await self.store.resolve(ref)
+        return self._wait(record, condition)
+
+    async def _wait(self, record: ContainerRecord, condition: str) -> AsyncIterator[WaitResult]:
+        wanted = {"destroy"} if condition == "removed" else {"die"}
+        track = {"die", "destroy"}
+
+        def mine(e: Event) -> bool:
+            return e.type == "container" and e.actor_id == record.id and e.action in track
+
+        async with self._bus.subscribe(mine) as sub:
+            current = await self._current(record.id)
+            yield WaitResult(-1)  # registered: the caller may flush headers now
+            exit_code = int(current.state.get("exit_code", 0)) if current else 0
+            if current is None:
+                if condition == "removed":
+                    yield WaitResult(exit_code)
+                    return
+                raise ContainerNotFound(f"No such container: {record.id}")
+            if condition == "not-running" and not current.running:
+                yield WaitResult(exit_code)
+                return
+            if condition == "removed" and not current.running and not current.config["HostConfig"].get("AutoRemove"):
+                # Nothing will remove it by itself: wait for an explicit `docker rm`.
+                pass
+            while True:
+                event = await sub.get()
+                if event.action == "die":
+                    exit_code = int(event.attributes.get("exitCode", exit_code))
+                if event.action in wanted:
+                    yield WaitResult(exit_code)
+                    return
+
+    async def _current(self, id: str) -> ContainerRecord | None:
+        try:
+            return await self.store.get(id)
+        except ContainerNotFound:
+            return None
+
+    # -- io ----------------------------------------------------------------------------------------
+    async def logs(self, ref: str, options: LogsOptions) -> tuple[bool, AsyncIterator[LogEntry]]:
+        record = await self.store.resolve(ref)
+        host = await self._host(record)
+        return bool(record.config["Config"].get("Tty")), host.runtime.logs(record.id, options)
+
+    async def prepare_attach(self, ref: str) -> ContainerRecord:
+        record = await self.store.resolve(ref)
+        if record.status == "paused":
+            raise Conflict(f"container {record.id} is paused, unpause the container before attach")
+        return record
+
+    async def attach(self, record: ContainerRecord, options: AttachOptions,
+                     stdin: AsyncIterator[AttachInput]) -> AsyncIterator[Output]:
+        host = await self._host(record)
+        await self._event(record, "attach")
+        return host.runtime.attach(record.id, options, stdin)
+
+    async def detached(self, record: ContainerRecord) -> None:
+        await self._event(record, "detach")
+
+    async def resize(self, ref: str, height: int, width: int) -> None:
+        record = await self.store.resolve(ref)
+        if not record.running:
+            raise ContainerNotRunning(f"cannot resize a stopped container: container {record.id} is not running")
+        host = await self._host(record)
+        await host.runtime.resize(record.id, height, width)
+        await self._event(record, "resize", height=str(height), width=str(width))
+
+    async def tty_of(self, ref: str) -> bool:
+        record = await self.store.resolve(ref)
+        return bool(record.config["Config"].get("Tty"))
+
+    # -- background --------------------------------------------------------------------------------
+    async def auto_remove_forever(self) -> None:
+        """Remove ``--rm`` containers when they exit (one API server claims each exit)."""
+        async with self._bus.subscribe(lambda e: e.type == "container" and e.action == "die") as sub:
+            for record in await self.store.list():
+                if not record.running and record.state and record.config["HostConfig"].get("AutoRemove"):
+                    await self._auto_remove(record.id)
+            while True:
+                event = await sub.get()
+                await self._auto_remove(event.actor_id)
+
+    async def _auto_remove(self, id: str) -> None:
+        try:
+            record = await self.store.get(id)
+        except ContainerNotFound:
+            return
+        if not record.config["HostConfig"].get("AutoRemove") or record.running:
+            return
+        if not await self.store.claim_autoremove(id):
+            return
+        try:
+            await self._remove_record(record, force=True)
+        except (BerthError, OSError) as exc:
+            log.warning("auto_remove_failed", container=id, error=str(exc))
+
+    async def stop_node(self, node_id: str, max_timeout: int) -> None:
+        """Stop every running container of ``node_id`` (daemon shutdown, as dockerd without
+        live-restore), each with its own stop signal and timeout capped at ``max_timeout``."""
+        records = [r for r in await self.store.list() if r.node == node_id and r.running]
+        if not records:
+            return
+        log.info("stopping_containers", node=node_id, count=len(records))
+        host = await self._nodes.host(node_id)
+
+        async def stop_one(record: ContainerRecord) -> None:
+            sig, wait = self._stop_params(record, None, None)
+            try:
+                await host.runtime.stop(record.id, sig, float(min(wait, max_timeout)))
+            except (NotModified, NotFound):
+                pass
+            except BerthError as exc:
+                log.warning("shutdown_stop_failed", container=record.id, error=str(exc))
+
+        async with asyncio.timeout(max_timeout + 5):
+            await asyncio.gather(*(stop_one(r) for r in records))
+
+    async def states(self, node: str) -> list[ContainerState]:
+        host = await self._nodes.host(node)
+        return await host.runtime.list()
+
+
+def _name_matches(name: str, pattern: str) -> bool:
+    import re
+
+    try:
+        return re.search(pattern.lstrip("/"), name) is not None
+    except re.error:
+        return pattern.lstrip("/") in name
+
+
+async def _ignore_missing(coro: Any) -> None:
+    try:
+        await coro
+    except NotFound:
+        pass
+
+
+async def _ignore_not_modified(coro: Any) -> None:
+    try:
+        await coro
+    except NotModified:
+        pass
+

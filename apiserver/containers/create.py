@@ -1,0 +1,248 @@
+"""``POST /containers/create``: validate the body, merge the image's config as moby does, and
+derive the shim's ``ContainerSpec``.
+
+Options Berth does not implement yet are refused with a 400 that names them, never accepted and
+ignored; empty values (which the CLI always sends) are fine.
+"""
+
+from __future__ import annotations
+
+import re
+import signal as signal_module
+from dataclasses import dataclass
+from typing import Any
+
+from apiserver.images.store import ImageRecord
+from common.mounts import Mount
+from protos.errors import InvalidArgument, NotFound
+from shim.api import ContainerSpec, NamespaceMode, ProcessSpec, Resources
+
+_NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+
+# HostConfig keys that later issues implement; a non-empty value is refused until then.
+_NOT_YET = ("Binds", "Mounts", "Tmpfs", "VolumesFrom", "PortBindings", "Links", "Devices", "DeviceRequests",
+            "Dns", "DnsSearch", "DnsOptions", "ExtraHosts", "Sysctls", "Ulimits", "SecurityOpt", "GroupAdd",
+            "Init", "PublishAllPorts", "OomKillDisable", "CgroupParent", "BlkioWeight",
+            "BlkioWeightDevice", "BlkioDeviceReadBps", "BlkioDeviceWriteBps", "VolumeDriver",
+            "StorageOpt", "Runtime", "UsernsMode", "MaskedPaths", "ReadonlyPaths", "DeviceCgroupRules",
+            "CgroupnsMode", "OomScoreAdj", "KernelMemory", "MemorySwappiness")
+
+DEFAULT_STOP_TIMEOUT = 10
+
+
+def validate_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise InvalidArgument(
+            f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+    return name.lstrip("/")
+
+
+def _list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise InvalidArgument(f"expected a list, got {type(value).__name__}")
+    return [str(v) for v in value]
+
+
+def _merge_env(image_env: list[str], env: list[str]) -> list[str]:
+    merged: dict[str, str] = {}
+    for item in [*image_env, *env]:
+        key = item.split("=", 1)[0]
+        merged[key] = item
+    return list(merged.values())
+
+
+def parse_signal(value: str | int | None, default: int = signal_module.SIGTERM) -> int:
+    """``SIGTERM``, ``TERM``, ``15`` → 15; ``InvalidArgument`` for anything else."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, int) or str(value).isdigit():
+        num = int(value)
+        if 0 < num < 65:
+            return num
+        raise InvalidArgument(f"Invalid signal: {value}")
+    name = str(value).upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(signal_module.Signals[name])
+    except KeyError:
+        if name.startswith("SIGRTMIN") or name.startswith("SIGRTMAX"):
+            base = signal_module.SIGRTMIN if name.startswith("SIGRTMIN") else signal_module.SIGRTMAX
+            offset = name[8:]
+            try:
+                return int(base) + int(offset or 0)
+            except ValueError:
+                pass
+        raise InvalidArgument(f"Invalid signal: {value}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class CreatePlan:
+    config: dict[str, Any]
+    host_config: dict[str, Any]
+    path: str
+    args: list[str]
+    warnings: list[str]
+
+
+def _namespace(mode: str, what: str) -> NamespaceMode:
+    if mode in ("", "private", "default", "shareable"):
+        return NamespaceMode.PRIVATE
+    if mode == "host":
+        return NamespaceMode.HOST
+    raise InvalidArgument(f"{what} mode {mode!r} is not supported by Berth yet")
+
+
+def plan(body: dict[str, Any], image: ImageRecord, image_ref: str) -> CreatePlan:
+    """Merge the create body with the image config; validate what Berth can run."""
+    if not isinstance(body, dict):
+        raise InvalidArgument("invalid JSON: expected an object")
+    host_config: dict[str, Any] = dict(body.get("HostConfig") or {})
+    for key in _NOT_YET:
+        value = host_config.get(key)
+        if value not in (None, "", 0, False, [], {}):
+            raise InvalidArgument(f"HostConfig.{key} is not supported by Berth yet")
+    restart = host_config.get("RestartPolicy") or {}
+    if restart.get("Name") not in (None, "", "no"):
+        raise InvalidArgument("restart policies are not supported by Berth yet")
+    log_type = (host_config.get("LogConfig") or {}).get("Type") or "json-file"
+    if log_type != "json-file":
+        raise InvalidArgument(f"logging driver {log_type!r} is not supported by Berth (only json-file)")
+    if body.get("Healthcheck") and (body["Healthcheck"].get("Test") or [None])[0] not in (None, "NONE"):
+        raise InvalidArgument("healthchecks are not supported by Berth yet")
+
+    network_mode = host_config.get("NetworkMode") or "default"
+    if network_mode == "default":
+        network_mode = "bridge"
+    if network_mode not in ("bridge", "none", "host"):
+        if network_mode.startswith("container:"):
+            raise InvalidArgument("network mode container:<id> is not supported by Berth yet")
+        raise NotFound(f"network {network_mode} not found")
+    host_config["NetworkMode"] = network_mode
+    for key in ("PidMode", "IpcMode", "UTSMode"):
+        _namespace(host_config.get(key) or "", key.removesuffix("Mode").upper())
+    host_config.setdefault("LogConfig", {"Type": "json-file", "Config": {}})
+    host_config["LogConfig"] = {"Type": "json-file", "Config": host_config["LogConfig"].get("Config") or {}}
+    host_config.setdefault("RestartPolicy", {"Name": "no", "MaximumRetryCount": 0})
+
+    image_config: dict[str, Any] = dict(image.config.get("config") or {})
+    entrypoint = body.get("Entrypoint")
+    cmd = body.get("Cmd")
+    if isinstance(entrypoint, str):
+        entrypoint = [entrypoint]
+    if isinstance(cmd, str):
+        cmd = [cmd]
+    if entrypoint is None:
+        entrypoint = image_config.get("Entrypoint") or None
+        if not cmd:
+            cmd = image_config.get("Cmd") or None
+    elif entrypoint == [] or entrypoint == [""]:
+        # `--entrypoint ""` clears the image's entrypoint and keeps its command.
+        entrypoint = None
+        if not cmd:
+            cmd = image_config.get("Cmd") or None
+    argv = [*(entrypoint or []), *(cmd or [])]
+    if not argv:
+        raise InvalidArgument("no command specified")
+
+    labels = {**(image_config.get("Labels") or {}), **(body.get("Labels") or {})}
+    config: dict[str, Any] = {
+        "Hostname": body.get("Hostname") or "",
+        "Domainname": body.get("Domainname") or "",
+        "User": body.get("User") if body.get("User") is not None else (image_config.get("User") or ""),
+        "AttachStdin": bool(body.get("AttachStdin")),
+        "AttachStdout": bool(body.get("AttachStdout")),
+        "AttachStderr": bool(body.get("AttachStderr")),
+        "ExposedPorts": {**(image_config.get("ExposedPorts") or {}), **(body.get("ExposedPorts") or {})} or None,
+        "Tty": bool(body.get("Tty")),
+        "OpenStdin": bool(body.get("OpenStdin")),
+        "StdinOnce": bool(body.get("StdinOnce")),
+        "Env": _merge_env(_list(image_config.get("Env")), _list(body.get("Env"))),
+        "Cmd": cmd,
+        "Image": image_ref,
+        "Volumes": {**(image_config.get("Volumes") or {}), **(body.get("Volumes") or {})} or None,
+        "WorkingDir": body.get("WorkingDir") or image_config.get("WorkingDir") or "",
+        "Entrypoint": entrypoint,
+        "OnBuild": image_config.get("OnBuild"),
+        "Labels": labels,
+    }
+    if config["User"] == "" and body.get("User") is None:
+        config["User"] = image_config.get("User") or ""
+    stop_signal = body.get("StopSignal") or image_config.get("StopSignal")
+    if stop_signal:
+        parse_signal(stop_signal)
+        config["StopSignal"] = stop_signal
+    if body.get("StopTimeout") is not None:
+        config["StopTimeout"] = int(body["StopTimeout"])
+    if config["WorkingDir"] and not config["WorkingDir"].startswith("/"):
+        raise InvalidArgument(
+            f"the working directory '{config['WorkingDir']}' is invalid, it needs to be an absolute path")
+    memory = int(host_config.get("Memory") or 0)
+    if memory and memory < 6 * 1024 * 1024:
+        raise InvalidArgument("Minimum memory limit allowed is 6MB")
+    swap = int(host_config.get("MemorySwap") or 0)
+    if swap > 0 and memory and swap < memory:
+        raise InvalidArgument("Minimum memoryswap limit should be larger than memory limit, see usage")
+    if host_config.get("NanoCpus") and (host_config.get("CpuQuota") or host_config.get("CpuPeriod")):
+        raise InvalidArgument("Conflicting options: Nano CPUs and CPU Period cannot both be set")
+    if int(host_config.get("NanoCpus") or 0) > (_cpus() * 1_000_000_000):
+        raise InvalidArgument(f"Range of CPUs is from 0.01 to {_cpus()}.00, as there are only {_cpus()} CPUs available")
+    return CreatePlan(config=config, host_config=host_config, path=argv[0], args=argv[1:], warnings=[])
+
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
+def container_spec(id: str, record_config: dict[str, Any], rootfs: list[Mount]) -> ContainerSpec:
+    """The shim's view of a stored container record."""
+    config = record_config["Config"]
+    host = record_config["HostConfig"]
+    console = host.get("ConsoleSize") or [0, 0]
+    process = ProcessSpec(
+        args=(record_config["Path"], *record_config["Args"]),
+        env=tuple(config.get("Env") or ()),
+        cwd=config.get("WorkingDir") or "/",
+        user=config.get("User") or "",
+        terminal=bool(config.get("Tty")),
+        open_stdin=bool(config.get("OpenStdin")),
+        stdin_once=bool(config.get("StdinOnce")),
+        console_height=int(console[0] or 0),
+        console_width=int(console[1] or 0),
+    )
+    resources = Resources(
+        memory=int(host.get("Memory") or 0),
+        memory_swap=int(host.get("MemorySwap") or 0),
+        memory_reservation=int(host.get("MemoryReservation") or 0),
+        nano_cpus=int(host.get("NanoCpus") or 0),
+        cpu_shares=int(host.get("CpuShares") or 0),
+        cpu_period=int(host.get("CpuPeriod") or 0),
+        cpu_quota=int(host.get("CpuQuota") or 0),
+        cpuset_cpus=host.get("CpusetCpus") or "",
+        cpuset_mems=host.get("CpusetMems") or "",
+        pids_limit=max(0, int(host.get("PidsLimit") or 0)),
+    )
+    return ContainerSpec(
+        id=id,
+        rootfs=tuple(rootfs),
+        process=process,
+        hostname=config.get("Hostname") or id[:12],
+        domainname=config.get("Domainname") or "",
+        network=NamespaceMode.HOST if host.get("NetworkMode") == "host" else NamespaceMode.PRIVATE,
+        ipc=_namespace(host.get("IpcMode") or "", "IPC"),
+        pid=_namespace(host.get("PidMode") or "", "PID"),
+        uts=_namespace(host.get("UTSMode") or "", "UTS"),
+        readonly_rootfs=bool(host.get("ReadonlyRootfs")),
+        privileged=bool(host.get("Privileged")),
+        cap_add=tuple(host.get("CapAdd") or ()),
+        cap_drop=tuple(host.get("CapDrop") or ()),
+        resources=resources,
+        shm_size=int(host.get("ShmSize") or 0) or 64 * 1024 * 1024,
+        labels=dict(config.get("Labels") or {}),
+    )

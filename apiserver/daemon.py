@@ -1,0 +1,196 @@
+"""berthd: wire config → embedded services → stores and backends → listeners, then shut down in
+reverse order on SIGTERM/SIGINT.
+
+Embedded mode (no ``--redis-url``) runs and supervises its own redis-server, shim and
+snapshotter, like dockerd runs containerd. Shutdown stops the API first, then the containers of
+the embedded node (each with its stop timeout, within ``--shutdown-timeout``), then the shim,
+the snapshotter and Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis.asyncio as aioredis
+import structlog
+
+from apiserver.app import build_app
+from apiserver.config import ConfigError, DaemonConfig
+from apiserver.containers.backend import ContainerBackend
+from apiserver.containers.store import ContainerStore
+from apiserver.events import EventBus
+from apiserver.hijack import EngineRunner
+from apiserver.images.backend import ImageBackend
+from apiserver.images.store import ImageStore
+from apiserver.listen import start_sites
+from apiserver.nodes import NodeDirectory
+from apiserver.processes import ManagedProcess
+from apiserver.remote import connect_remote
+from apiserver.routers import containers as containers_router
+from apiserver.routers import images as images_router
+from apiserver.routers import system as system_router
+from apiserver.system import SystemBackend
+from common import redis_server
+from common.keys import Keys
+from common.nodes import load_or_create_node_id
+from protos.rpc import insecure_channel
+
+log = structlog.get_logger()
+
+
+@dataclass(slots=True)
+class Embedded:
+    redis: ManagedProcess
+    shim: ManagedProcess
+    snapshotter: ManagedProcess
+    node_id: str
+    redis_url: str
+
+
+def _write_pidfile(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        old = int(path.read_text().strip())
+    except (OSError, ValueError):
+        old = 0
+    if old and old != os.getpid() and os.path.exists(f"/proc/{old}"):
+        try:
+            with open(f"/proc/{old}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            cmd = b""
+        if b"berthd" in cmd or b"apiserver" in cmd:
+            raise ConfigError(f"pid file found, ensure berthd is not running or delete {path}")
+    path.write_text(f"{os.getpid()}\n")
+
+
+async def _grpc_ready(address: str) -> None:
+    channel = insecure_channel(address)
+    try:
+        async with asyncio.timeout(1.0):
+            await channel.channel_ready()
+    finally:
+        await channel.close()
+
+
+def _embedded(cfg: DaemonConfig) -> Embedded:
+    node_id = cfg.node_id or load_or_create_node_id(cfg.data_root)
+    run = cfg.exec_root
+    logs = cfg.data_root / "logs"
+    logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+    redis_sock = run / "redis.sock"
+    redis_cfg = redis_server.RedisConfig(dir=cfg.data_root / "redis", socket=redis_sock)
+    redis_conf = redis_server.write_config(redis_cfg)
+    redis_url = redis_server.redis_url(redis_sock)
+
+    async def redis_ready() -> None:
+        client = aioredis.Redis(unix_socket_path=str(redis_sock))
+        try:
+            if not await client.ping():
+                raise ConnectionError("redis not ready")
+        finally:
+            await client.aclose()
+
+    common = ["--redis-url", redis_url, "--redis-namespace", cfg.redis_namespace, "--node-id", node_id,
+              "--log-level", cfg.log_level]
+    shim_sock = str(run / "shim.sock")
+    snap_sock = str(run / "snapshotter.sock")
+    shim = ManagedProcess(
+        "shim",
+        [sys.executable, "-m", "shim", "--root", str(cfg.data_root / "shim"), "--exec-root", str(run / "shim"),
+         "--address", shim_sock, "--cgroup-parent", cfg.cgroup_parent, *common],
+        run / "shim.pid", lambda: _grpc_ready(shim_sock), log_file=logs / "shim.log")
+    snapshotter = ManagedProcess(
+        "snapshotter",
+        [sys.executable, "-m", "snapshotter", "--root", str(cfg.data_root / "snapshotter"),
+         "--address", snap_sock, *common],
+        run / "snapshotter.pid", lambda: _grpc_ready(snap_sock), log_file=logs / "snapshotter.log")
+    redis = ManagedProcess("redis", ["redis-server", str(redis_conf)], run / "redis.pid", redis_ready,
+                           log_file=logs / "redis.log")
+    return Embedded(redis=redis, shim=shim, snapshotter=snapshotter, node_id=node_id, redis_url=redis_url)
+
+
+class Daemon:
+    def __init__(self, cfg: DaemonConfig) -> None:
+        self.cfg = cfg
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        cfg = self.cfg
+        cfg.data_root.mkdir(parents=True, exist_ok=True, mode=0o711)
+        cfg.exec_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_pidfile(cfg.pidfile)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        embedded = _embedded(cfg) if cfg.embedded else None
+        try:
+            if embedded is not None:
+                await embedded.redis.ensure()
+                await asyncio.gather(embedded.shim.ensure(), embedded.snapshotter.ensure())
+            await self._serve(embedded)
+        finally:
+            if embedded is not None:
+                await embedded.shim.stop(timeout=10)
+                await embedded.snapshotter.stop(timeout=10)
+                await embedded.redis.stop(timeout=10)
+            with contextlib.suppress(FileNotFoundError):
+                cfg.pidfile.unlink()
+            log.info("daemon_stopped")
+
+    async def _serve(self, embedded: Embedded | None) -> None:
+        cfg = self.cfg
+        redis_url = embedded.redis_url if embedded else cfg.redis_url
+        redis = aioredis.Redis.from_url(redis_url, max_connections=256)
+        keys = Keys(ns=cfg.redis_namespace)
+        directory = NodeDirectory(redis, keys, connect_remote)
+        bus = EventBus(redis, keys)
+        container_store = ContainerStore(redis, keys)
+        image_store = ImageStore(redis, keys)
+        containers = ContainerBackend(redis=redis, keys=keys, store=container_store, images=image_store,
+                                      nodes=directory, bus=bus)
+        images = ImageBackend(redis=redis, keys=keys, store=image_store, containers=container_store,
+                              nodes=directory)
+        daemon_id = embedded.node_id if embedded else load_or_create_node_id(cfg.data_root)
+        system = SystemBackend(containers=container_store, images=image_store, nodes=directory, bus=bus,
+                               daemon_id=daemon_id, data_root=str(cfg.data_root), debug=cfg.debug,
+                               labels=cfg.labels)
+        app = build_app([system_router.register, containers_router.register, images_router.register])
+        app[system_router.SYSTEM] = system
+        app[containers_router.CONTAINERS] = containers
+        app[images_router.IMAGES] = images
+        runner = EngineRunner(app, access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                bus_task = tasks.create_task(bus.run())
+                await bus.ready()
+                background = [bus_task, tasks.create_task(containers.auto_remove_forever())]
+                if embedded is not None:
+                    for service in (embedded.redis, embedded.shim, embedded.snapshotter):
+                        background.append(tasks.create_task(service.watch()))
+                await start_sites(runner, cfg)
+                log.info("daemon_ready", hosts=list(cfg.hosts), embedded=embedded is not None)
+                await self._stop.wait()
+                log.info("daemon_shutting_down")
+                await runner.cleanup()
+                if embedded is not None:
+                    await self._stop_containers(containers, embedded.node_id)
+                for task in background:
+                    task.cancel()
+        finally:
+            await runner.cleanup()
+            await directory.close()
+            await redis.aclose()
+
+    async def _stop_containers(self, containers: ContainerBackend, node_id: str) -> None:
+        try:
+            await containers.stop_node(node_id, self.cfg.shutdown_timeout)
+        except Exception as exc:  # the shim may already be gone; nothing left to stop then
+            log.warning("shutdown_stop_failed", error=str(exc))

@@ -1,0 +1,147 @@
+"""The event stream as the API server sees it: one follower of the Redis stream per process,
+fanning events out to in-process subscribers (``docker events``, ``wait``, auto-remove).
+
+Subscribers register *before* they look at current state, so nothing falls between the look and
+the first delivered event (writers update state before they append the event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+
+from common.keys import Keys
+
+log = structlog.get_logger()
+
+_BLOCK_MS = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    stream_id: str
+    message: dict[str, Any]
+
+    @property
+    def type(self) -> str:
+        return str(self.message.get("Type", ""))
+
+    @property
+    def action(self) -> str:
+        return str(self.message.get("Action", ""))
+
+    @property
+    def actor_id(self) -> str:
+        return str(self.message.get("Actor", {}).get("ID", ""))
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        attrs = self.message.get("Actor", {}).get("Attributes", {})
+        return attrs if isinstance(attrs, dict) else {}
+
+    @property
+    def time_ns(self) -> int:
+        return int(self.message.get("timeNano", 0))
+
+
+def _decode(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Event | None:
+    sid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    raw = fields.get(b"e")
+    if raw is None:
+        return None
+    try:
+        return Event(sid, json.loads(raw))
+    except json.JSONDecodeError:
+        return None
+
+
+def _id_tuple(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Subscription:
+    def __init__(self, predicate: Callable[[Event], bool] | None) -> None:
+        self.predicate = predicate
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+
+    async def get(self) -> Event:
+        return await self.queue.get()
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        while True:
+            yield await self.queue.get()
+
+
+class EventBus:
+    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._subscribers: set[Subscription] = set()
+        self._last_id = "0-0"
+        self._ready = asyncio.Event()
+
+    async def run(self) -> None:
+        """Follow the stream until cancelled; Redis outages are retried."""
+        latest = await self._redis.xrevrange(self._keys.events, count=1)
+        if latest:
+            self._last_id = latest[0][0].decode()
+        self._ready.set()
+        while True:
+            try:
+                batches = await self._redis.xread({self._keys.events: self._last_id}, block=_BLOCK_MS, count=500)
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+                log.warning("events_follow_failed", error=str(exc))
+                await asyncio.sleep(0.5)
+                continue
+            for _, entries in batches or []:
+                for entry_id, fields in entries:
+                    self._last_id = entry_id.decode()
+                    event = _decode(entry_id, fields)
+                    if event is not None:
+                        self._publish(event)
+
+    async def ready(self) -> None:
+        await self._ready.wait()
+
+    def _publish(self, event: Event) -> None:
+        for sub in list(self._subscribers):
+            if sub.predicate is None or sub.predicate(event):
+                sub.queue.put_nowait(event)
+
+    @asynccontextmanager
+    async def subscribe(self, predicate: Callable[[Event], bool] | None = None) -> AsyncIterator[Subscription]:
+        await self._ready.wait()
+        sub = Subscription(predicate)
+        self._subscribers.add(sub)
+        try:
+            yield sub
+        finally:
+            self._subscribers.discard(sub)
+
+    async def history(self, since_ns: int, until_ns: int | None) -> list[Event]:
+        """Stored events with ``since_ns <= time``, (``< until_ns``), oldest first."""
+        start = f"{since_ns // 1_000_000}-0"
+        end = "+" if until_ns is None else f"{until_ns // 1_000_000}"
+        out: list[Event] = []
+        cursor = start
+        while True:
+            entries = await self._redis.xrange(self._keys.events, min=cursor, max=end, count=1000)
+            for entry_id, fields in entries:
+                event = _decode(entry_id, fields)
+                if event is None:
+                    continue
+                if event.time_ns < since_ns or (until_ns is not None and event.time_ns > until_ns):
+                    continue
+                out.append(event)
+            if len(entries) < 1000:
+                return out
+            ms, seq = _id_tuple(entries[-1][0].decode())
+            cursor = f"{ms}-{seq + 1}"
