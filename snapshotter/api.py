@@ -17,9 +17,14 @@ Failure cases, by method, use the shared vocabulary in :mod:`protos.errors`:
 * ``prepare``/``view``: ``AlreadyExists`` if the key or name is taken; ``NotFound`` if the parent
   is missing; ``InvalidArgument`` if the parent is not committed or the chain is deeper than
   ``MAX_DEPTH`` layers.
-* ``mounts``/``stat``/``usage``/``update``: ``NotFound`` for an unknown key.
+* ``mounts``/``stat``/``usage``/``update``: ``NotFound`` for an unknown key; ``mounts`` of a
+  committed snapshot: ``FailedPrecondition`` (as containerd: only active snapshots and views
+  have mounts).
 * ``commit``: ``NotFound`` for an unknown key, ``FailedPrecondition`` if the key is not active,
-  ``AlreadyExists`` if the name is taken.
+  ``AlreadyExists`` if the name is taken. The committed snapshot keeps the active one's labels,
+  updated with the ``labels`` given to ``commit``.
+* Any method: ``InvalidArgument`` for an empty key or a label whose key and value exceed 4096
+  bytes; ``Unavailable`` when the metadata store (Redis) cannot be reached.
 * ``remove``: ``NotFound`` if absent, ``FailedPrecondition`` while it has children.
 
 Costs: ``prepare``, ``view``, ``mounts``, ``stat``, ``commit`` are O(1) metadata operations plus
@@ -106,7 +111,8 @@ class ImageRecord:
 class Snapshotter(Protocol):
     """containerd-style snapshots over overlayfs. Every method is safe to call concurrently."""
 
-    async def prepare(self, key: str, parent: str = "", labels: Mapping[str, str] | None = None) -> list[Mount]:
+    async def prepare(self, key: str, parent: str = "",
+                      labels: Mapping[str, str] | None = None) -> list[Mount]:
         """Create an active snapshot ``key`` on top of committed ``parent`` ("" for none)."""
         ...
 

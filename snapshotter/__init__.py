@@ -1,0 +1,1 @@
+"""The snapshotter of one host: content store, overlay snapshots, layer unpack, image import/export."""

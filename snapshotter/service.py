@@ -1,0 +1,153 @@
+"""gRPC servicers: request → call the implementation → response. No logic lives here.
+
+Each servicer wraps any implementation of its Protocol (the local one in the snapshotter process,
+a fake in tests). ``@maps_errors`` turns the classified errors into gRPC statuses with their
+class in the trailing metadata; streams are cut into ~1 MiB messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from protos.rpc import maps_errors
+from protos.snapshotter.v1 import snapshotter_pb2 as pb
+from protos.snapshotter.v1 import snapshotter_pb2_grpc as pb_grpc
+from snapshotter import convert
+from snapshotter.api import ContentStore, Images, Snapshotter
+from snapshotter.streams import rechunk
+
+LIST_BATCH = 100
+
+
+@maps_errors
+class SnapshotsServicer(pb_grpc.SnapshotsServicer):
+    def __init__(self, snapshotter: Snapshotter) -> None:
+        self._s = snapshotter
+
+    async def Prepare(self, request: pb.PrepareRequest, context: grpc.aio.ServicerContext) -> pb.PrepareResponse:
+        mounts = await self._s.prepare(request.key, request.parent, dict(request.labels))
+        return pb.PrepareResponse(mounts=convert.mounts_to_proto(mounts))
+
+    async def View(self, request: pb.ViewRequest, context: grpc.aio.ServicerContext) -> pb.ViewResponse:
+        mounts = await self._s.view(request.key, request.parent, dict(request.labels))
+        return pb.ViewResponse(mounts=convert.mounts_to_proto(mounts))
+
+    async def Mounts(self, request: pb.MountsRequest, context: grpc.aio.ServicerContext) -> pb.MountsResponse:
+        return pb.MountsResponse(mounts=convert.mounts_to_proto(await self._s.mounts(request.key)))
+
+    async def Commit(self, request: pb.CommitRequest, context: grpc.aio.ServicerContext) -> pb.CommitResponse:
+        await self._s.commit(request.name, request.key, dict(request.labels))
+        return pb.CommitResponse()
+
+    async def Remove(self, request: pb.RemoveRequest, context: grpc.aio.ServicerContext) -> pb.RemoveResponse:
+        await self._s.remove(request.key)
+        return pb.RemoveResponse()
+
+    async def Stat(self, request: pb.StatRequest, context: grpc.aio.ServicerContext) -> pb.StatResponse:
+        return pb.StatResponse(info=convert.info_to_proto(await self._s.stat(request.key)))
+
+    async def Update(self, request: pb.UpdateRequest, context: grpc.aio.ServicerContext) -> pb.UpdateResponse:
+        info = await self._s.update(request.key, dict(request.labels))
+        return pb.UpdateResponse(info=convert.info_to_proto(info))
+
+    async def List(self, request: pb.ListSnapshotsRequest,
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ListSnapshotsResponse]:
+        batch: list[pb.Info] = []
+        async for info in self._s.list(list(request.filters)):
+            batch.append(convert.info_to_proto(info))
+            if len(batch) >= LIST_BATCH:
+                yield pb.ListSnapshotsResponse(info=batch)
+                batch = []
+        if batch:
+            yield pb.ListSnapshotsResponse(info=batch)
+
+    async def Usage(self, request: pb.UsageRequest, context: grpc.aio.ServicerContext) -> pb.UsageResponse:
+        return convert.usage_to_proto(await self._s.usage(request.key))
+
+    async def Cleanup(self, request: pb.CleanupRequest, context: grpc.aio.ServicerContext) -> pb.CleanupResponse:
+        return pb.CleanupResponse(removed=await self._s.cleanup())
+
+
+async def _write_chunks(first: pb.WriteContentRequest | None,
+                        rest: AsyncIterator[pb.WriteContentRequest]) -> AsyncIterator[bytes]:
+    if first is not None and first.data:
+        yield first.data
+    async for request in rest:
+        if request.data:
+            yield request.data
+
+
+@maps_errors
+class ContentsServicer(pb_grpc.ContentsServicer):
+    def __init__(self, content: ContentStore) -> None:
+        self._c = content
+
+    async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
+        return pb.InfoResponse(info=convert.blob_to_proto(await self._c.info(request.digest)))
+
+    async def Read(self, request: pb.ReadContentRequest,
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ReadContentResponse]:
+        async for chunk in rechunk(self._c.read(request.digest, request.offset)):
+            yield pb.ReadContentResponse(data=chunk)
+
+    async def Write(self, request_iterator: AsyncIterator[pb.WriteContentRequest],
+                    context: grpc.aio.ServicerContext) -> pb.WriteContentResponse:
+        stream = aiter(request_iterator)
+        first = await anext(stream, None)
+        expected = first.expected if first is not None else ""
+        size = first.size if first is not None else -1
+        info = await self._c.write(_write_chunks(first, stream), expected, size)
+        return pb.WriteContentResponse(info=convert.blob_to_proto(info))
+
+    async def Delete(self, request: pb.DeleteContentRequest,
+                     context: grpc.aio.ServicerContext) -> pb.DeleteContentResponse:
+        await self._c.delete(request.digest)
+        return pb.DeleteContentResponse()
+
+    async def List(self, request: pb.ListContentRequest,
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ListContentResponse]:
+        batch: list[pb.BlobInfo] = []
+        async for blob in self._c.list():
+            batch.append(convert.blob_to_proto(blob))
+            if len(batch) >= LIST_BATCH:
+                yield pb.ListContentResponse(info=batch)
+                batch = []
+        if batch:
+            yield pb.ListContentResponse(info=batch)
+
+
+async def _import_chunks(requests: AsyncIterator[pb.ImportRequest]) -> AsyncIterator[bytes]:
+    async for request in requests:
+        if request.data:
+            yield request.data
+
+
+@maps_errors
+class ImagesServicer(pb_grpc.ImagesServicer):
+    def __init__(self, images: Images) -> None:
+        self._i = images
+
+    async def Import(self, request_iterator: AsyncIterator[pb.ImportRequest],
+                     context: grpc.aio.ServicerContext) -> pb.ImportResponse:
+        records = await self._i.import_archive(_import_chunks(request_iterator))
+        return pb.ImportResponse(images=[convert.image_record_to_proto(r) for r in records])
+
+    async def Export(self, request: pb.ExportRequest,
+                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExportResponse]:
+        images = [convert.export_image_from_proto(x) for x in request.images]
+        async for chunk in rechunk(self._i.export_archive(images)):
+            yield pb.ExportResponse(data=chunk)
+
+    async def Unpack(self, request: pb.UnpackRequest, context: grpc.aio.ServicerContext) -> pb.UnpackResponse:
+        chain_id = await self._i.unpack([convert.layer_from_proto(x) for x in request.layers])
+        return pb.UnpackResponse(chain_id=chain_id)
+
+
+def add_servicers(server: grpc.aio.Server, *, snapshotter: Snapshotter, content: ContentStore,
+                  images: Images) -> None:
+    """Register the three services of one host on ``server``."""
+    pb_grpc.add_SnapshotsServicer_to_server(SnapshotsServicer(snapshotter), server)  # type: ignore[no-untyped-call]
+    pb_grpc.add_ContentsServicer_to_server(ContentsServicer(content), server)  # type: ignore[no-untyped-call]
+    pb_grpc.add_ImagesServicer_to_server(ImagesServicer(images), server)  # type: ignore[no-untyped-call]
