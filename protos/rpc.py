@@ -35,6 +35,9 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
+# Servers must accept the clients' keepalive pings on idle streams (Wait, Logs -f, Events): at
+# gRPC's default a server answers "too many pings" and drops the channel after ~90 s.
+SERVER_OPTIONS: list[tuple[str, Any]] = [*CHANNEL_OPTIONS, ("grpc.http2.min_ping_interval_without_data_ms", 10_000)]
 
 
 def _classify(exc: BaseException) -> BerthError:

@@ -207,7 +207,7 @@ class Runtime(Protocol):
         """Send ``signal`` to the process (``all``: to every process of the container)."""
         ...
 
-    async def stop(self, id: str, signal: int = 15, timeout: float = 10.0) -> ContainerState:
+    async def stop(self, id: str, signal: int = 15, timeout: float = 10.0) -> ContainerState:  # noqa: ASYNC109
         """Send ``signal``; after ``timeout`` seconds (< 0: wait forever) send SIGKILL; return the
         stopped state."""
         ...
@@ -231,7 +231,9 @@ class Runtime(Protocol):
     ) -> AsyncIterator[Output]:
         """Stream live output of the current (or, if none runs, the next) process until it exits,
         feeding ``stdin`` to it. Input that arrives before the process starts is kept for it,
-        including its end; at the end of stdin the process's stdin is closed if ``stdin_once``."""
+        including its end; at the end of stdin the process's stdin is closed if ``stdin_once``.
+        The attachment is made when this method is called, not at the first iteration: a
+        ``start`` called afterwards delivers all of its process's output to it."""
         ...
 
     def logs(self, id: str, options: LogsOptions) -> AsyncIterator[LogEntry]:

@@ -31,7 +31,7 @@ import structlog
 
 from common import logs, nodes
 from common.keys import Keys
-from protos.rpc import CHANNEL_OPTIONS
+from protos.rpc import SERVER_OPTIONS
 from snapshotter.api import ContentStore, Images, Snapshotter
 from snapshotter.content import LocalContentStore
 from snapshotter.images import LocalImages
@@ -200,7 +200,7 @@ async def _serve(config: Config) -> None:
         await local_images.cleanup()
         removed = await overlay.cleanup()
 
-        server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=[AccessLog()])
+        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[AccessLog()])
         add_servicers(server, snapshotter=snapshotter, content=content, images=images)
         if listener.socket is not None:
             await asyncio.to_thread(_prepare_socket, listener.socket)

@@ -71,8 +71,8 @@ def busybox_entries() -> list[Entry]:
     for path in applets():
         if path == "bin/busybox":
             continue
-        depth = path.count("/")
-        target = "../" * (depth - 1) + "bin/busybox" if depth > 1 else "busybox"
+        directory = path.rsplit("/", 1)[0]
+        target = "busybox" if directory == "bin" else "../" * path.count("/") + "bin/busybox"
         entries.append(Entry(path, tarfile.SYMTYPE, linkname=target, mode=0o777))
     entries.append(Entry("etc/passwd", data=PASSWD.encode()))
     entries.append(Entry("etc/group", data=GROUP.encode()))

@@ -280,12 +280,14 @@ class AttachRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ..., stdin: _Optional[bool] = ..., stdout: _Optional[bool] = ..., stderr: _Optional[bool] = ..., data: _Optional[bytes] = ..., close_stdin: _Optional[bool] = ...) -> None: ...
 
 class AttachResponse(_message.Message):
-    __slots__ = ("stream", "data")
+    __slots__ = ("stream", "data", "attached")
     STREAM_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    ATTACHED_FIELD_NUMBER: _ClassVar[int]
     stream: int
     data: bytes
-    def __init__(self, stream: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    attached: bool
+    def __init__(self, stream: _Optional[int] = ..., data: _Optional[bytes] = ..., attached: _Optional[bool] = ...) -> None: ...
 
 class LogsRequest(_message.Message):
     __slots__ = ("id", "stdout", "stderr", "follow", "since_ns", "until_ns", "tail")

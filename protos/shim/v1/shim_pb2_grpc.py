@@ -166,7 +166,8 @@ class TasksServicer:
 
     def Attach(self, request_iterator, context):
         """Attach streams live output; the client streams stdin. The first client message names the
-        container and the streams.
+        container and the streams; the first server message (attached = true, no data) confirms the
+        attachment is in place, so a Start sent after it cannot lose output.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -194,7 +195,8 @@ class TasksServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Events(self, request, context):
-        """Events streams every state transition from the time of the call.
+        """Events streams every state transition from the time of the call. The first message is empty
+        (type EVENT_TYPE_UNKNOWN): the subscription is in place.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

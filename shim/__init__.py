@@ -1,0 +1,1 @@
+"""Berth's shim: the containers of one host (see :mod:`shim.api`)."""

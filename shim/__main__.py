@@ -1,0 +1,173 @@
+"""``berth-shim`` (``python -m shim``): the containers of this host, served over gRPC.
+
+Order of things: adopt the running supervisor (or start one) → record what happened while no
+shim was connected and write every container's state to Redis → register the node and heartbeat
+→ serve. On SIGTERM: stop serving, then ask the supervisor to exit only if no container runs
+(containers never die because the RPC side stops; berthd stops them explicitly first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import redis.asyncio as aioredis
+import structlog
+
+from common import logs, nodes
+from common.keys import Keys
+from protos.errors import Unavailable
+from protos.rpc import SERVER_OPTIONS
+from protos.shim.v1 import shim_pb2_grpc
+from shim.linux import LinuxRuntime
+from shim.redis_sink import RedisStateSink
+from shim.service import TasksServicer
+from shim.supervisor.client import SupervisorPaths, spawn
+
+log = structlog.get_logger()
+
+SHUTDOWN_GRACE = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ShimConfig:
+    root: Path
+    exec_root: Path
+    address: str
+    redis_url: str
+    redis_namespace: str
+    node_id: str
+    cgroup_parent: str
+    log_level: str
+
+
+def parse_args(argv: list[str]) -> ShimConfig:
+    parser = argparse.ArgumentParser(prog="berth-shim", description="Berth's shim: the containers of this host.")
+    parser.add_argument("--root", type=Path, default=Path("/var/lib/berth/shim"),
+                        help="state: container records and logs (<root>/containers/<id>/<id>-json.log)")
+    parser.add_argument("--exec-root", type=Path, default=Path("/run/berth/shim"),
+                        help="runtime files: the supervisor's socket and pid file")
+    parser.add_argument("--address", default="/run/berth/shim.sock",
+                        help="gRPC listen address: unix path, unix:PATH, or host:port")
+    parser.add_argument("--redis-url", required=True)
+    parser.add_argument("--redis-namespace", default="berth")
+    parser.add_argument("--node-id", default="", help="default: <root>/node-id (created on first run)")
+    parser.add_argument("--cgroup-parent", default="berth")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    root = args.root.absolute()
+    return ShimConfig(root=root, exec_root=args.exec_root.absolute(), address=args.address,
+                      redis_url=args.redis_url, redis_namespace=args.redis_namespace,
+                      node_id=args.node_id or nodes.load_or_create_node_id(root),
+                      cgroup_parent=args.cgroup_parent, log_level=args.log_level)
+
+
+async def connect_runtime(cfg: ShimConfig, sink: RedisStateSink) -> tuple[LinuxRuntime, subprocess.Popen[bytes] | None]:
+    """Adopt the supervisor that is running, or start one (returned, to be reaped if it exits)."""
+    paths = SupervisorPaths(cfg.root, cfg.exec_root)
+    with contextlib.suppress(Unavailable):
+        runtime = await LinuxRuntime.connect(paths.socket, sink, on_resync=sink.sync)
+        log.info("supervisor_adopted", socket=str(paths.socket))
+        return runtime, None
+    proc = None
+    try:
+        proc = await asyncio.to_thread(spawn, paths, cgroup_parent=cfg.cgroup_parent, log_level=cfg.log_level)
+        log.info("supervisor_started", pid=proc.pid)
+    except Unavailable as exc:  # another shim may have started one at the same moment
+        log.warning("supervisor_start_failed", error=str(exc))
+    return await LinuxRuntime.connect(paths.socket, sink, on_resync=sink.sync), proc
+
+
+def _listen(server: grpc.aio.Server, address: str) -> str:
+    if address.startswith("unix:") or address.startswith("/"):
+        path = Path(address.removeprefix("unix:"))
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        server.add_insecure_port(f"unix:{path}")
+        return str(path)
+    log.warning("insecure_tcp_listener", address=address)  # cross-host mTLS is the apiserver's follow-up
+    server.add_insecure_port(address)
+    return address
+
+
+async def announce(redis: aioredis.Redis, keys: Keys, cfg: ShimConfig) -> None:
+    """Register the node (retrying while Redis is unreachable), then heartbeat until cancelled."""
+    delay = 0.5
+    while True:
+        try:
+            await nodes.register(redis, keys, cfg.node_id, shim_address=cfg.address, **nodes.host_facts())
+            break
+        except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+            log.warning("node_register_failed", error=str(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, nodes.HEARTBEAT_INTERVAL)
+    await nodes.heartbeat_forever(redis, keys, cfg.node_id, "shim")
+
+
+async def serve(cfg: ShimConfig) -> int:
+    for directory in (cfg.root, cfg.exec_root):
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    structlog.contextvars.bind_contextvars(node=cfg.node_id[:12])
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    redis = aioredis.from_url(cfg.redis_url)
+    keys = Keys(cfg.redis_namespace)
+    sink = RedisStateSink(redis, keys)
+    try:
+        runtime, supervisor = await connect_runtime(cfg, sink)
+    except BaseException:
+        await redis.aclose()
+        raise
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    shim_pb2_grpc.add_TasksServicer_to_server(TasksServicer(runtime), server)  # type: ignore[no-untyped-call]
+    listen_path = _listen(server, cfg.address)
+    await server.start()
+    if listen_path.startswith("/"):
+        os.chmod(listen_path, 0o600)
+    background = [loop.create_task(announce(redis, keys, cfg)), loop.create_task(stop.wait()),
+                  loop.create_task(runtime.lost.wait())]
+    log.info("shim_serving", address=cfg.address, containers=len(await runtime.list()))
+    try:
+        await asyncio.wait(background[1:], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        # Stop accepting and drain, then the heartbeat, then the supervisor (only if idle: the
+        # containers outlive the RPC side), then the connections, in that order.
+        log.info("shim_stopping")
+        await server.stop(SHUTDOWN_GRACE)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        lost = runtime.lost.is_set()
+        if lost:
+            log.error("supervisor_lost")  # the next shim starts a new supervisor, which recovers
+        else:
+            with contextlib.suppress(Exception):
+                exiting = await runtime.shutdown_supervisor()
+                log.info("supervisor_exiting" if exiting else "supervisor_left_running")
+                if exiting and supervisor is not None:  # our child: reap it
+                    await asyncio.to_thread(supervisor.wait, SHUTDOWN_GRACE)
+        await runtime.close()
+        await redis.aclose()
+        log.info("shim_stopped")
+    return 1 if lost else 0
+
+
+def main() -> None:
+    cfg = parse_args(sys.argv[1:])
+    logs.configure(cfg.log_level, process="shim")
+    sys.exit(asyncio.run(serve(cfg)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""``RemoteRuntime``: the :class:`shim.api.Runtime` of a host, over its shim's gRPC socket.
+
+Errors come back as the exact classes the shim raised (``protos.rpc``). Like the local
+runtime, an ``attach()`` made before ``start()`` is in place before the process runs, and an
+``events()`` stream sees every transition caused by a later call: the server confirms both
+subscriptions with an empty first message, and the calls that cause transitions wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from protos.rpc import rpc_errors, stream_errors
+from protos.shim.v1 import shim_pb2 as pb
+from protos.shim.v1 import shim_pb2_grpc
+from shim import convert
+from shim.api import (
+    AttachInput,
+    AttachOptions,
+    ContainerSpec,
+    ContainerState,
+    LogEntry,
+    LogsOptions,
+    Output,
+    TaskEvent,
+)
+
+
+class RemoteRuntime:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = shim_pb2_grpc.TasksStub(channel)  # type: ignore[no-untyped-call]
+        # Subscriptions not yet confirmed by the server: (container id, or "" for events; future).
+        self._pending: set[tuple[str, asyncio.Future[None]]] = set()
+
+    def _track(self, id: str, confirmed: asyncio.Future[None]) -> None:
+        entry = (id, confirmed)
+        self._pending.add(entry)
+
+        def done(fut: asyncio.Future[None]) -> None:
+            self._pending.discard(entry)
+            if not fut.cancelled():
+                fut.exception()  # retrieved here too: the caller may never iterate the stream
+
+        confirmed.add_done_callback(done)
+
+    async def _subscriptions_in_place(self, id: str = "") -> None:
+        """Let event subscriptions and attachments (to ``id``) made before this call take effect."""
+        pending = [fut for key, fut in self._pending if key in ("", id)]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def create(self, spec: ContainerSpec) -> ContainerState:
+        await self._subscriptions_in_place()
+        async with rpc_errors():
+            reply = await self._stub.Create(pb.CreateRequest(spec=convert.spec_to_proto(spec)))
+        return convert.state_from_proto(reply.state)
+
+    async def start(self, id: str) -> ContainerState:
+        await self._subscriptions_in_place(id)
+        async with rpc_errors():
+            reply = await self._stub.Start(pb.StartRequest(id=id))
+        return convert.state_from_proto(reply.state)
+
+    async def kill(self, id: str, signal: int = 15, all: bool = False) -> None:
+        await self._subscriptions_in_place()
+        async with rpc_errors():
+            await self._stub.Kill(pb.KillRequest(id=id, signal=signal, all=all))
+
+    async def stop(self, id: str, signal: int = 15, timeout: float = 10.0) -> ContainerState:  # noqa: ASYNC109
+        await self._subscriptions_in_place()
+        async with rpc_errors():
+            reply = await self._stub.Stop(pb.StopRequest(id=id, signal=signal, timeout=timeout))
+        return convert.state_from_proto(reply.state)
+
+    async def delete(self, id: str, force: bool = False) -> ContainerState:
+        await self._subscriptions_in_place()
+        async with rpc_errors():
+            reply = await self._stub.Delete(pb.DeleteRequest(id=id, force=force))
+        return convert.state_from_proto(reply.state)
+
+    async def state(self, id: str) -> ContainerState:
+        async with rpc_errors():
+            reply = await self._stub.State(pb.StateRequest(id=id))
+        return convert.state_from_proto(reply.state)
+
+    async def list(self) -> list[ContainerState]:
+        async with rpc_errors():
+            reply = await self._stub.List(pb.ListRequest())
+        return [convert.state_from_proto(s) for s in reply.states]
+
+    async def wait(self, id: str) -> ContainerState:
+        async with rpc_errors():
+            reply = await self._stub.Wait(pb.WaitRequest(id=id))
+        return convert.state_from_proto(reply.state)
+
+    def attach(self, id: str, options: AttachOptions, stdin: AsyncIterator[AttachInput]) -> AsyncIterator[Output]:
+        async def requests() -> AsyncIterator[pb.AttachRequest]:
+            yield convert.attach_request(id, options)
+            if options.stdin:
+                async for item in stdin:
+                    yield convert.attach_input_to_proto(item)
+                    if item.close:
+                        return
+
+        call = self._stub.Attach(requests())
+        attached = asyncio.ensure_future(_first_message(call))
+        self._track(id, attached)
+        return self._attach_stream(call, attached)
+
+    @staticmethod
+    async def _attach_stream(call: Any, attached: asyncio.Future[None]) -> AsyncIterator[Output]:
+        try:
+            await attached
+            while True:
+                async with rpc_errors():
+                    message = await call.read()
+                if message is grpc.aio.EOF:
+                    return
+                yield convert.output_from_proto(message)
+        finally:
+            call.cancel()
+
+    async def logs(self, id: str, options: LogsOptions) -> AsyncIterator[LogEntry]:
+        call = self._stub.Logs(convert.logs_request(id, options))
+        try:
+            async for reply in stream_errors(call):
+                for entry in reply.entries:
+                    yield convert.log_entry_from_proto(entry)
+        finally:
+            call.cancel()
+
+    async def resize(self, id: str, height: int, width: int) -> None:
+        async with rpc_errors():
+            await self._stub.ResizePty(pb.ResizePtyRequest(id=id, height=height, width=width))
+
+    async def close_stdin(self, id: str) -> None:
+        async with rpc_errors():
+            await self._stub.CloseStdin(pb.CloseStdinRequest(id=id))
+
+    def events(self) -> AsyncIterator[TaskEvent]:
+        call = self._stub.Events(pb.EventsRequest())
+        subscribed = asyncio.ensure_future(_first_message(call))
+        self._track("", subscribed)
+        return self._event_stream(call, subscribed)
+
+    @staticmethod
+    async def _event_stream(call: Any, subscribed: asyncio.Future[None]) -> AsyncIterator[TaskEvent]:
+        try:
+            await subscribed
+            while True:
+                async with rpc_errors():
+                    message = await call.read()
+                if message is grpc.aio.EOF:
+                    return
+                yield convert.event_from_proto(message)
+        finally:
+            call.cancel()
+
+
+async def _first_message(call: Any) -> None:
+    """Wait for the server's confirmation that a subscription is registered (a failed call
+    raises its error here)."""
+    async with rpc_errors():
+        await call.read()

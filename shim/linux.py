@@ -1,0 +1,479 @@
+"""``LinuxRuntime``: the :class:`shim.api.Runtime` of this host, over the supervisor.
+
+The supervisor (:mod:`shim.supervisor.server`) owns processes, stdio, logs and exit codes; this
+class is its client inside the shim's RPC process. Every transition the supervisor reports is
+recorded through the ``StateSink`` by one dispatcher task, strictly in the supervisor's order,
+before the call that caused it returns and before any ``wait``/``stop`` is released; the
+supervisor forgets an event only once it has been recorded (acknowledged), so a shim that dies
+in between gets it again on restart.
+
+The state cache (``state``, ``list``, ``wait``) is what has been recorded; after a (re)connect it
+starts from the supervisor's snapshot. Logs are read straight from the json-file on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from common import linux
+from protos.errors import (
+    ContainerNotFound,
+    ContainerNotRunning,
+    FailedPrecondition,
+    NotModified,
+    Unavailable,
+)
+from shim import jsonlog, wire
+from shim.api import (
+    AttachInput,
+    AttachOptions,
+    ContainerSpec,
+    ContainerState,
+    EventType,
+    LogEntry,
+    LogsOptions,
+    Output,
+    StateSink,
+    Status,
+    Stream,
+    TaskEvent,
+)
+from shim.supervisor.client import AttachStream, Control
+
+log = structlog.get_logger()
+
+Resync = Callable[[Sequence[ContainerState]], Awaitable[None]]
+
+# Give up recording one event after this many tries (exponential backoff from 0.1 s, ~6 s).
+RECORD_ATTEMPTS = 7
+# A follower re-reads its log at least this often even without an inotify wake-up.
+FOLLOW_POLL = 1.0
+
+
+class LinuxRuntime:
+    """The containers of this host. Build with :meth:`connect`; :meth:`close` when done."""
+
+    def __init__(self, socket_path: Path, sink: StateSink, *, on_resync: Resync | None = None) -> None:
+        self._socket = socket_path
+        self._sink = sink
+        self._on_resync = on_resync
+        self._control: Control | None = None
+        self._states: dict[str, ContainerState] = {}
+        self._snapshot_seq = 0
+        self._recorded_seq = 0
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._synced = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._seq_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._exit_waiters: dict[str, list[asyncio.Future[ContainerState]]] = {}
+        self._subscribers: set[asyncio.Queue[TaskEvent | None]] = set()
+        self._pending_attach: set[tuple[str, asyncio.Future[AttachStream]]] = set()
+        self._followers: dict[str, set[asyncio.Event]] = {}
+        self._watcher: _LogWatcher | None = None
+
+    @classmethod
+    async def connect(cls, socket_path: Path, sink: StateSink, *, on_resync: Resync | None = None) -> LinuxRuntime:
+        """Connect to the supervisor at ``socket_path``, record what happened while nobody was
+        connected, then (``on_resync``) hand over the current states; returns when in sync."""
+        runtime = cls(socket_path, sink, on_resync=on_resync)
+        try:
+            await runtime._start()
+        except BaseException:
+            await runtime.close()
+            raise
+        return runtime
+
+    async def _start(self) -> None:
+        self._control = await Control.connect(self._socket, self._queue.put_nowait, self._on_lost)
+        await self._control.request("hello")
+        snapshot = await self._control.request("subscribe")
+        self._snapshot_seq = self._recorded_seq = int(snapshot["seq"])
+        self._states = {s.id: s for s in (wire.decode(ContainerState, raw) for raw in snapshot["states"])}
+        self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
+        self._watcher = _LogWatcher.create()
+        await self._synced.wait()
+        if self._lost.is_set():
+            raise Unavailable("supervisor connection lost")
+
+    async def close(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+        if self._control is not None:
+            await self._control.close()
+        if self._watcher is not None:
+            self._watcher.close()
+        for queue in self._subscribers:
+            queue.put_nowait(None)
+        self._fail_waiters(Unavailable("runtime closed"))
+
+    @property
+    def lost(self) -> asyncio.Event:
+        """Set when the supervisor connection broke (the supervisor died)."""
+        return self._lost
+
+    def _on_lost(self) -> None:
+        self._lost.set()
+        self._synced.set()
+        self._fail_waiters(Unavailable("supervisor connection lost"))
+
+    def _fail_waiters(self, error: Exception) -> None:
+        for _, fut in self._seq_waiters:
+            if not fut.done():
+                fut.set_exception(error)
+        self._seq_waiters.clear()
+        for futures in self._exit_waiters.values():
+            for f in futures:
+                if not f.done():
+                    f.set_exception(error)
+        self._exit_waiters.clear()
+        for events in self._followers.values():
+            for event in events:
+                event.set()
+
+    def _ctl(self) -> Control:
+        if self._control is None or self._control.lost:
+            raise Unavailable("supervisor connection lost")
+        return self._control
+
+    # Recording --------------------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        while True:
+            message = await self._queue.get()
+            if "replayed" in message:
+                if self._on_resync is not None:
+                    try:
+                        await self._on_resync(list(self._states.values()))
+                    except Exception as exc:  # Redis trouble must not stop the shim: log, go on
+                        log.error("state_resync_failed", error=str(exc))
+                self._synced.set()
+                continue
+            seq = int(message["seq"])
+            try:
+                raw = message["event"]
+                event = TaskEvent(EventType(raw["type"]), wire.decode(ContainerState, raw["state"]))
+            except (KeyError, TypeError, ValueError, wire.ProtocolError) as exc:
+                log.error("event_unreadable", seq=seq, error=str(exc))  # skipped, never wedges the queue
+                self._recorded_seq = seq
+                self._release_seq_waiters()
+                continue
+            await self._record(event)
+            live = seq > self._snapshot_seq
+            if live:
+                self._apply(event)
+            self._recorded_seq = seq
+            if self._control is not None:
+                self._control.send("ack", seq=seq)
+            self._release_seq_waiters()
+            if live:
+                for queue in self._subscribers:
+                    queue.put_nowait(event)
+
+    async def _record(self, event: TaskEvent) -> None:
+        delay = 0.1
+        for attempt in range(1, RECORD_ATTEMPTS + 1):
+            try:
+                await self._sink.record(event)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("state_record_failed", container=event.state.id[:12], event=event.type.value,
+                            attempt=attempt, error=str(exc))
+                if attempt < RECORD_ATTEMPTS:
+                    await asyncio.sleep(delay)
+                    delay *= 2
+        log.error("state_record_dropped", container=event.state.id[:12], event=event.type.value)
+
+    def _apply(self, event: TaskEvent) -> None:
+        state = event.state
+        if event.type is EventType.DELETE:
+            self._states.pop(state.id, None)
+        else:
+            self._states[state.id] = state
+        if state.status != Status.RUNNING or event.type is EventType.DELETE:
+            for fut in self._exit_waiters.pop(state.id, []):
+                if not fut.done():
+                    fut.set_result(state)
+        for follower in self._followers.get(state.id, ()):
+            follower.set()
+
+    def _release_seq_waiters(self) -> None:
+        keep = []
+        for seq, fut in self._seq_waiters:
+            if seq <= self._recorded_seq:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                keep.append((seq, fut))
+        self._seq_waiters = keep
+
+    async def _recorded(self, seq: int) -> None:
+        """Return once the event ``seq`` has been recorded."""
+        if seq <= self._recorded_seq:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._seq_waiters.append((seq, fut))
+        await fut
+
+    def _state(self, id: str) -> ContainerState:
+        state = self._states.get(id)
+        if state is None:
+            raise ContainerNotFound(f"No such container: {id}")
+        return state
+
+    def _exit_future(self, id: str) -> asyncio.Future[ContainerState]:
+        fut: asyncio.Future[ContainerState] = asyncio.get_running_loop().create_future()
+        self._exit_waiters.setdefault(id, []).append(fut)
+        return fut
+
+    # Runtime ----------------------------------------------------------------------------------
+
+    async def create(self, spec: ContainerSpec) -> ContainerState:
+        raw = await self._ctl().request("create", spec=wire.encode(spec))
+        state = wire.decode(ContainerState, raw)
+        self._states[state.id] = state
+        return state
+
+    async def start(self, id: str) -> ContainerState:
+        self._state(id)
+        # An attach() made before this start() must be in place before the process runs.
+        pending = [fut for key, fut in self._pending_attach if key == id]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        result, error = await self._ctl().call("start", cid=id)
+        seq = int(result.get("seq", 0)) if isinstance(result, dict) else 0
+        await self._recorded(seq)
+        if error is not None:
+            raise error
+        return wire.decode(ContainerState, result["state"])
+
+    async def kill(self, id: str, signal: int = 15, all: bool = False) -> None:
+        if self._state(id).status != Status.RUNNING:
+            raise ContainerNotRunning(f"container {id} is not running")
+        await self._ctl().request("kill", cid=id, signal=signal, all=all)
+
+    async def stop(self, id: str, signal: int = 15, timeout: float = 10.0) -> ContainerState:  # noqa: ASYNC109
+        if self._state(id).status != Status.RUNNING:
+            raise NotModified("container is already stopped")
+        exited = self._exit_future(id)
+        try:
+            await self._ctl().request("kill", cid=id, signal=signal)
+        except ContainerNotRunning:
+            pass  # exiting already; the exit is on its way
+        if timeout >= 0:
+            try:
+                return await asyncio.wait_for(asyncio.shield(exited), timeout)
+            except TimeoutError:
+                log.info("stop_timeout_killing", container=id[:12], timeout=timeout)
+                with contextlib.suppress(ContainerNotRunning):
+                    await self._ctl().request("kill", cid=id, signal=9)
+        return await exited
+
+    async def delete(self, id: str, force: bool = False) -> ContainerState:
+        if self._state(id).status == Status.RUNNING:
+            if not force:
+                raise FailedPrecondition(
+                    f"container {id} is running: stop the container before removing or force remove")
+            exited = self._exit_future(id)
+            with contextlib.suppress(ContainerNotRunning):
+                await self._ctl().request("kill", cid=id, signal=9)
+            await exited
+        result = await self._ctl().request("delete", cid=id)
+        await self._recorded(int(result["seq"]))
+        return wire.decode(ContainerState, result["state"])
+
+    async def state(self, id: str) -> ContainerState:
+        return self._state(id)
+
+    async def list(self) -> list[ContainerState]:
+        return list(self._states.values())
+
+    async def wait(self, id: str) -> ContainerState:
+        state = self._state(id)
+        if state.status != Status.RUNNING:
+            return state
+        return await self._exit_future(id)
+
+    def attach(self, id: str, options: AttachOptions, stdin: AsyncIterator[AttachInput]) -> AsyncIterator[Output]:
+        # Registered now, not at the first iteration: a start() that follows finds it in place.
+        opening = asyncio.ensure_future(AttachStream.open(
+            self._socket, id, stdin=options.stdin, stdout=options.stdout, stderr=options.stderr))
+        entry = (id, opening)
+        self._pending_attach.add(entry)
+
+        def done(fut: asyncio.Future[AttachStream]) -> None:
+            self._pending_attach.discard(entry)
+            if not fut.cancelled():
+                fut.exception()  # retrieved here too: the caller may never iterate the stream
+
+        opening.add_done_callback(done)
+        return self._attach_stream(opening, options, stdin)
+
+    async def _attach_stream(self, opening: asyncio.Future[AttachStream], options: AttachOptions,
+                             stdin: AsyncIterator[AttachInput]) -> AsyncIterator[Output]:
+        stream = await opening
+        pump = asyncio.get_running_loop().create_task(_pump_stdin(stream, stdin)) if options.stdin else None
+        try:
+            while (item := await stream.read()) is not None:
+                yield Output(Stream(item[0]), item[1])
+        finally:
+            if pump is not None:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pump
+            await stream.close()
+
+    async def logs(self, id: str, options: LogsOptions) -> AsyncIterator[LogEntry]:
+        state = self._state(id)
+        wake = asyncio.Event()
+        followers = self._followers.setdefault(id, set())
+        followers.add(wake)
+        watch = None
+        try:
+            try:
+                reader = await asyncio.to_thread(jsonlog.LogFileReader, state.log_path)
+            except FileNotFoundError:
+                return
+            try:
+                if options.tail >= 0:
+                    await asyncio.to_thread(reader.seek_tail, options.tail)
+                follow = options.follow
+                if follow and self._watcher is not None:
+                    watch = self._watcher.watch(state.log_path, wake)
+                while True:
+                    wake.clear()
+                    running = self._states.get(id, state).status == Status.RUNNING
+                    entries = await asyncio.to_thread(reader.read)
+                    for entry in entries:
+                        if options.until_ns and entry.time_ns > options.until_ns:
+                            return
+                        if entry.time_ns < options.since_ns:
+                            continue
+                        if (entry.stream == Stream.STDOUT and options.stdout) or \
+                                (entry.stream == Stream.STDERR and options.stderr):
+                            yield entry
+                    if entries:
+                        continue
+                    # At the end of the file. The supervisor writes every line before it reports the
+                    # exit, so once the container was seen stopped, this read was the last.
+                    if not follow or not running or self._lost.is_set():
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), FOLLOW_POLL)
+            finally:
+                await asyncio.to_thread(reader.close)
+        finally:
+            followers.discard(wake)
+            if not followers:
+                self._followers.pop(id, None)
+            if watch is not None and self._watcher is not None:
+                self._watcher.unwatch(watch, wake)
+
+    async def resize(self, id: str, height: int, width: int) -> None:
+        self._state(id)
+        await self._ctl().request("resize", cid=id, height=height, width=width)
+
+    async def close_stdin(self, id: str) -> None:
+        self._state(id)
+        await self._ctl().request("close_stdin", cid=id)
+
+    def events(self) -> AsyncIterator[TaskEvent]:
+        queue: asyncio.Queue[TaskEvent | None] = asyncio.Queue()
+        self._subscribers.add(queue)  # now, so nothing between this call and the first read is lost
+        return self._events(queue)
+
+    async def _events(self, queue: asyncio.Queue[TaskEvent | None]) -> AsyncIterator[TaskEvent]:
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+        finally:
+            self._subscribers.discard(queue)
+
+    async def shutdown_supervisor(self, *, force: bool = False) -> bool:
+        """Ask the supervisor to exit: only when no container runs, unless ``force`` (then it
+        stops them all first). Returns whether it is exiting."""
+        result = await self._ctl().request("shutdown", force=force)
+        return bool(result["exiting"])
+
+
+async def _pump_stdin(stream: AttachStream, stdin: AsyncIterator[AttachInput]) -> None:
+    try:
+        async for item in stdin:
+            if item.data:
+                await stream.send_stdin(item.data)
+            if item.close:
+                await stream.close_stdin()
+                return
+    except (ConnectionError, OSError):
+        pass
+
+
+class _LogWatcher:
+    """One inotify instance for every followed log: a write to a file wakes its followers."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._by_wd: dict[int, set[asyncio.Event]] = {}
+        self._by_path: dict[str, int] = {}
+        asyncio.get_running_loop().add_reader(fd, self._read)
+
+    @classmethod
+    def create(cls) -> _LogWatcher | None:
+        try:
+            return cls(linux.inotify_init1())
+        except OSError as exc:  # out of inotify instances: followers fall back to polling
+            log.warning("inotify_unavailable", error=str(exc))
+            return None
+
+    def watch(self, path: str, wake: asyncio.Event) -> int | None:
+        try:
+            wd = linux.inotify_add_watch(self._fd, path, linux.IN_MODIFY | linux.IN_DELETE_SELF)
+        except OSError:
+            return None
+        self._by_path[path] = wd
+        self._by_wd.setdefault(wd, set()).add(wake)
+        return wd
+
+    def unwatch(self, wd: int, wake: asyncio.Event) -> None:
+        events = self._by_wd.get(wd)
+        if events is None:
+            return
+        events.discard(wake)
+        if not events:
+            del self._by_wd[wd]
+            for path, known in list(self._by_path.items()):
+                if known == wd:
+                    del self._by_path[path]
+            with contextlib.suppress(OSError):
+                linux.inotify_rm_watch(self._fd, wd)
+
+    def _read(self) -> None:
+        try:
+            data = os.read(self._fd, 65536)
+        except BlockingIOError:
+            return
+        # struct inotify_event: int wd, u32 mask, u32 cookie, u32 len, char name[len]
+        pos = 0
+        while pos + 16 <= len(data):
+            wd = int.from_bytes(data[pos:pos + 4], "little", signed=True)
+            length = int.from_bytes(data[pos + 12:pos + 16], "little")
+            for event in self._by_wd.get(wd, ()):
+                event.set()
+            pos += 16 + length
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(self._fd)
+        os.close(self._fd)
+

@@ -1,0 +1,153 @@
+"""``TasksServicer``: the gRPC face of any :class:`shim.api.Runtime` (convert → call → convert)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+import grpc
+
+from protos.errors import InvalidArgument
+from protos.rpc import maps_errors
+from protos.shim.v1 import shim_pb2 as pb
+from protos.shim.v1 import shim_pb2_grpc
+from shim import convert
+from shim.api import AttachInput, Runtime
+
+T = TypeVar("T")
+
+# Log entries travel in batches: one message per burst, at most this many entries.
+LOG_BATCH = 2000
+
+
+@maps_errors
+class TasksServicer(shim_pb2_grpc.TasksServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    async def Create(self, request: pb.CreateRequest, context: grpc.aio.ServicerContext) -> pb.CreateResponse:
+        state = await self._runtime.create(convert.spec_from_proto(request.spec))
+        return pb.CreateResponse(state=convert.state_to_proto(state))
+
+    async def Start(self, request: pb.StartRequest, context: grpc.aio.ServicerContext) -> pb.StartResponse:
+        return pb.StartResponse(state=convert.state_to_proto(await self._runtime.start(request.id)))
+
+    async def Kill(self, request: pb.KillRequest, context: grpc.aio.ServicerContext) -> pb.KillResponse:
+        await self._runtime.kill(request.id, request.signal or 15, request.all)
+        return pb.KillResponse()
+
+    async def Stop(self, request: pb.StopRequest, context: grpc.aio.ServicerContext) -> pb.StopResponse:
+        state = await self._runtime.stop(request.id, request.signal or 15, request.timeout)
+        return pb.StopResponse(state=convert.state_to_proto(state))
+
+    async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
+        state = await self._runtime.delete(request.id, request.force)
+        return pb.DeleteResponse(state=convert.state_to_proto(state))
+
+    async def State(self, request: pb.StateRequest, context: grpc.aio.ServicerContext) -> pb.StateResponse:
+        return pb.StateResponse(state=convert.state_to_proto(await self._runtime.state(request.id)))
+
+    async def List(self, request: pb.ListRequest, context: grpc.aio.ServicerContext) -> pb.ListResponse:
+        return pb.ListResponse(states=[convert.state_to_proto(s) for s in await self._runtime.list()])
+
+    async def Wait(self, request: pb.WaitRequest, context: grpc.aio.ServicerContext) -> pb.WaitResponse:
+        return pb.WaitResponse(state=convert.state_to_proto(await self._runtime.wait(request.id)))
+
+    async def Attach(self, request_iterator: AsyncIterator[pb.AttachRequest],
+                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.AttachResponse]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None:
+            raise InvalidArgument("attach: the first message must name the container")
+        outputs = self._runtime.attach(first.id, convert.attach_options_from_request(first),
+                                       _stdin(request_iterator))
+        try:
+            yield pb.AttachResponse(attached=True)
+            async for output in outputs:
+                yield convert.output_to_proto(output)
+        finally:
+            await _aclose(outputs)
+
+    async def Logs(self, request: pb.LogsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LogsResponse]:
+        entries = self._runtime.logs(request.id, convert.logs_options_from_request(request))
+        async for batch in _batches(entries, LOG_BATCH):
+            yield pb.LogsResponse(entries=[convert.log_entry_to_proto(e) for e in batch])
+
+    async def ResizePty(self, request: pb.ResizePtyRequest, context: grpc.aio.ServicerContext) -> pb.ResizePtyResponse:
+        await self._runtime.resize(request.id, request.height, request.width)
+        return pb.ResizePtyResponse()
+
+    async def CloseStdin(self, request: pb.CloseStdinRequest,
+                         context: grpc.aio.ServicerContext) -> pb.CloseStdinResponse:
+        await self._runtime.close_stdin(request.id)
+        return pb.CloseStdinResponse()
+
+    async def Events(self, request: pb.EventsRequest,
+                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.EventsResponse]:
+        events = self._runtime.events()
+        try:
+            yield pb.EventsResponse()  # subscribed: an empty first message, as Attach's
+            async for event in events:
+                yield convert.event_to_proto(event)
+        finally:
+            await _aclose(events)
+
+
+async def _stdin(requests: AsyncIterator[pb.AttachRequest]) -> AsyncIterator[AttachInput]:
+    async for request in requests:
+        yield convert.attach_input_from_proto(request)
+
+
+async def _aclose(iterator: AsyncIterator[Any]) -> None:
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
+
+
+async def _batches(items: AsyncIterator[T], limit: int) -> AsyncIterator[list[T]]:
+    """Whatever ``items`` has ready, in lists of at most ``limit``: a burst becomes one message,
+    a trickle (``follow``) is not held back waiting for more."""
+    buffer: list[T] = []
+    ready = asyncio.Event()
+    room = asyncio.Event()
+    room.set()
+    finished = False
+    failure: BaseException | None = None
+
+    async def pump() -> None:
+        nonlocal finished, failure
+        try:
+            async for item in items:
+                buffer.append(item)
+                ready.set()
+                if len(buffer) >= limit:
+                    room.clear()
+                    await room.wait()
+        except Exception as exc:  # handed to the consumer, which raises it in its own task
+            failure = exc
+        finally:
+            finished = True
+            ready.set()
+            await _aclose(items)
+
+    task = asyncio.get_running_loop().create_task(pump())
+    try:
+        while True:
+            if not buffer:
+                if finished:
+                    if failure is not None:
+                        raise failure
+                    return
+                await ready.wait()
+                ready.clear()
+                continue
+            batch = buffer[:limit]
+            del buffer[:limit]
+            room.set()
+            yield batch
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

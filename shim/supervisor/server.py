@@ -1,0 +1,1061 @@
+"""The supervisor: the single-threaded parent of every container of this host.
+
+It forks containers (:mod:`shim.supervisor.child`), reaps them, keeps their exit codes, holds
+their stdio (pipes, or the master of a pty), writes their json-file logs, copies live output to
+attached clients, and buffers stdin that arrives before a process starts. The shim's RPC side
+talks to it over a unix socket (:mod:`shim.wire`); the RPC side may die and come back at any
+time, so the supervisor owns all runtime truth:
+
+* every transition is an *event* with a sequence number, kept until the subscribed client
+  acknowledges it, and replayed (in order) to the next subscriber;
+* every container has ``spec.json`` and ``state.json`` in ``<root>/containers/<id>/``, so a new
+  supervisor (after a crash or a reboot) finds the containers again; the ones it finds running
+  are orphans it cannot hold stdio for: it kills them and reports them stopped.
+
+Threads would make ``os.fork`` unsafe: the process never starts one (no executor, no
+``getaddrinfo``, no grpc); asyncio here is just a selector loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import struct
+import termios
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from common import linux
+from shim import jsonlog, wire
+from shim.api import ContainerSpec, ContainerState, EventType, NamespaceMode, Status, Stream
+from shim.supervisor import caps as capabilities
+from shim.supervisor import child as child_mod
+from shim.supervisor.cgroups import ContainerCgroup, Layout, ensure_parent
+
+log = structlog.get_logger()
+
+# Docker's masked and read-only paths (moby daemon/pkg/oci/defaults.go).
+MASKED_PATHS = ("/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+                "/proc/latency_stats", "/proc/sched_debug", "/proc/scsi", "/proc/timer_list",
+                "/proc/timer_stats", "/sys/devices/virtual/powercap", "/sys/firmware")
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+READ_SIZE = 64 * 1024
+# After the process exits, wait this long for its output pipes to close (a daemonised grandchild
+# of a --pid=host container may hold them) before closing them ourselves, as dockerd does.
+DRAIN_TIMEOUT = 2.0
+# Unacknowledged events kept for the next subscriber.
+MAX_EVENTS = 100_000
+STDIN_HIGH = 4 << 20
+STDIN_LOW = 1 << 20
+OUTPUT_HIGH = 4 << 20
+OUTPUT_LOW = 1 << 20
+CGROUP_REMOVE_TIMEOUT = 10.0
+# Container ids name directories and cgroups: no slashes, no dot-names.
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+class OpError(Exception):
+    """A request failed; ``cls`` names the error class in :mod:`protos.errors`."""
+
+    def __init__(self, cls: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.cls = cls
+        self.message = message
+        self.extra = extra
+
+
+def start_failure_exit_code(message: str) -> int:
+    """Docker's mapping of start errors to exit codes (moby ``setExitCodeFromError``)."""
+    if "executable file not found" in message or "no such file or directory" in message \
+            or "not a directory" in message:
+        return 127
+    if "permission denied" in message or "is a directory" in message:
+        return 126
+    return 128
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorConfig:
+    paths: wire.SupervisorPaths
+    cgroup_parent: str = "berth"
+
+
+class Process:
+    """One run of a container's command, from fork until it is reaped and its output drained."""
+
+    def __init__(self, container: Container, pid: int, started_ns: int) -> None:
+        self.container = container
+        self.pid = pid
+        self.started_ns = started_ns
+        self.outputs: dict[int, tuple[Stream, jsonlog.LineSplitter]] = {}
+        self.stdin_fd = -1
+        self.stdin_buf = bytearray()
+        self.stdin_eof = False
+        self.stdin_writing = False
+        self.err_fd = -1
+        self.err_buf = bytearray()
+        self.pty_socket: socket.socket | None = None
+        self.exec_done = False
+        self.exec_error = ""
+        self.reaped = False
+        self.wait_status = 0
+        self.oom_reported = False
+        self.attachers: set[Connection] = set()
+        self.paused = False
+        self.drain_timer: asyncio.TimerHandle | None = None
+        self.finalized = False
+        self.start_seq = 0
+        self.start_state: ContainerState | None = None
+        self.exit_seq = 0
+        self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+class Container:
+    def __init__(self, spec: ContainerSpec, directory: Path, cgroup: ContainerCgroup,
+                 drop_caps: tuple[int, ...]) -> None:
+        self.spec = spec
+        self.dir = directory
+        self.cgroup = cgroup
+        self.drop_caps = drop_caps
+        self.log = structlog.get_logger().bind(container=spec.id[:12])
+        self.log_path = str(directory / f"{spec.id}-json.log")
+        self.log_fd = -1
+        self.log_failing = False
+        self.oom_fd: int | None = None
+        self.oom_base = 0
+        self.cgroup_ready = False
+        self.status = Status.CREATED
+        self.pid = 0
+        self.exit_code = 0
+        self.started_at_ns = 0
+        self.finished_at_ns = 0
+        self.oom_killed = False
+        self.error = ""
+        self.process: Process | None = None
+        self.pending_stdin = bytearray()
+        self.pending_eof = False
+        self.waiting_attachers: set[Connection] = set()
+        self.stdin_paused: set[Connection] = set()
+        self.deleting = False
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    def state(self) -> ContainerState:
+        return ContainerState(id=self.id, status=self.status, pid=self.pid, exit_code=self.exit_code,
+                              started_at_ns=self.started_at_ns, finished_at_ns=self.finished_at_ns,
+                              oom_killed=self.oom_killed, error=self.error, log_path=self.log_path)
+
+    def restore(self, state: ContainerState) -> None:
+        self.status, self.pid, self.exit_code = state.status, state.pid, state.exit_code
+        self.started_at_ns, self.finished_at_ns = state.started_at_ns, state.finished_at_ns
+        self.oom_killed, self.error = state.oom_killed, state.error
+
+    def running(self) -> bool:
+        return self.process is not None
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: control requests/events, or one attach stream."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.sup = supervisor
+        self.parser = wire.FrameParser()
+        self.transport: asyncio.Transport | None = None
+        self.attach: Container | None = None
+        self.streams: frozenset[int] = frozenset()
+        self.stdin = False
+        self.paused = False
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=OUTPUT_HIGH, low=OUTPUT_LOW)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.sup.disconnected(self)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        self.sup.output_backpressure(self)
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.sup.output_backpressure(self)
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def send_json(self, message: dict[str, Any]) -> None:
+        self.send(wire.json_frame(message))
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.parser.feed(data)
+        except wire.ProtocolError as exc:
+            log.warning("protocol_error", error=str(exc))
+            self.close()
+            return
+        for kind, payload in frames:
+            if self.attach is not None:
+                if kind == wire.Kind.STDIN:
+                    self.sup.feed_stdin(self.attach, payload, self)
+                elif kind == wire.Kind.CLOSE_STDIN:
+                    self.sup.attach_stdin_closed(self.attach)
+                continue
+            if kind != wire.Kind.JSON:
+                self.close()
+                return
+            try:
+                message = json.loads(payload)
+            except ValueError:
+                self.close()
+                return
+            self.sup.request(self, message)
+
+
+class Supervisor:
+    def __init__(self, config: SupervisorConfig) -> None:
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        self.layout = Layout.detect()
+        self.bounding = capabilities.bounding_set()
+        self.last_cap = capabilities.last_cap()
+        self.masked_paths = MASKED_PATHS + _thermal_throttle_dirs()
+        self.devnull = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+        self.pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        self.nofile = resource.getrlimit(resource.RLIMIT_NOFILE)
+        # Three or four fds per container: take what the hard limit allows.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile[1], self.nofile[1]))
+        self.containers: dict[str, Container] = {}
+        self.procs: dict[int, Process] = {}
+        self.events: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()
+        self.seq = 0
+        self.subscriber: Connection | None = None
+        self.connections: set[Connection] = set()
+        self.stopping = asyncio.Event()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
+        ensure_parent(self.layout, config.cgroup_parent)
+
+    # Lifecycle ----------------------------------------------------------------------------------
+
+    async def serve(self, ready_fd: int = -1) -> None:
+        cfg = self.config
+        cfg.paths.containers.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.recover()
+        self.loop.add_signal_handler(signal.SIGCHLD, self.reap)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.terminate)
+        try:
+            cfg.paths.socket.unlink()
+        except FileNotFoundError:
+            pass
+        server = await self.loop.create_unix_server(self._connection, str(cfg.paths.socket))
+        os.chmod(cfg.paths.socket, 0o600)
+        cfg.paths.pid_file.write_text(f"{os.getpid()}\n")
+        self.reap()  # children that exited before the handler was installed
+        log.info("supervisor_ready", socket=str(cfg.paths.socket), cgroups=self.layout.mode,
+                 containers=len(self.containers))
+        if ready_fd >= 0:
+            os.write(ready_fd, b"ready\n")
+            os.close(ready_fd)
+        try:
+            await self.stopping.wait()
+        finally:
+            server.close()
+            for conn in list(self.connections):
+                conn.close()
+            await server.wait_closed()
+            for path in (cfg.paths.socket, cfg.paths.pid_file):
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+        log.info("supervisor_exited")
+
+    def _connection(self) -> Connection:
+        conn = Connection(self)
+        self.connections.add(conn)
+        return conn
+
+    def running_count(self) -> int:
+        return sum(1 for c in self.containers.values() if c.running())
+
+    def terminate(self) -> None:
+        """SIGTERM: stop every container (TERM, then KILL after 10 s), then exit."""
+        log.info("supervisor_terminating", running=self.running_count())
+        self._spawn_task(self._stop_all_and_exit())
+
+    async def _stop_all_and_exit(self) -> None:
+        procs = [c.process for c in self.containers.values() if c.process is not None]
+        for proc in procs:
+            self._signal(proc, signal.SIGTERM)
+        if procs:
+            await asyncio.wait([p.done for p in procs], timeout=10)
+            for proc in procs:
+                if not proc.done.done():
+                    self._signal(proc, signal.SIGKILL)
+            await asyncio.wait([p.done for p in procs], timeout=5)
+        self.stopping.set()
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # Persistence -------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Load containers a previous supervisor left on disk; those it left running are orphans:
+        kill them and report them stopped (exit 137 if something was killed, else 255)."""
+        for directory in sorted(self.config.paths.containers.iterdir()):
+            try:
+                spec = wire.decode(ContainerSpec, json.loads((directory / "spec.json").read_text()))
+                state = wire.decode(ContainerState, json.loads((directory / "state.json").read_text()))
+                c = self._new_container(spec, directory)
+            except (OSError, ValueError, KeyError, TypeError, wire.ProtocolError,
+                    capabilities.UnknownCapability) as exc:
+                log.warning("container_record_unreadable", dir=str(directory), error=str(exc))
+                continue
+            c.restore(state)
+            c.log_fd = _open_log(c.log_path)
+            self.containers[c.id] = c
+            if state.status in (Status.RUNNING, Status.PAUSED):
+                killed = c.cgroup.signal_all(signal.SIGKILL)
+                c.status, c.pid, c.finished_at_ns = Status.STOPPED, 0, time.time_ns()
+                c.exit_code = 137 if killed else 255
+                c.error = "the supervisor that ran this container died"
+                self._persist(c)
+                self._emit(EventType.EXIT, c)
+                c.log.warning("orphan_container_stopped", killed=len(killed))
+
+    def _persist(self, c: Container) -> None:
+        tmp = c.dir / "state.json.tmp"
+        tmp.write_text(json.dumps(wire.encode(c.state())))
+        os.replace(tmp, c.dir / "state.json")
+
+    # Events -------------------------------------------------------------------------------------
+
+    def _emit(self, type: EventType, c: Container) -> int:
+        self.seq += 1
+        event = {"type": type.value, "state": wire.encode(c.state())}
+        self.events.append((self.seq, event))
+        if len(self.events) > MAX_EVENTS:
+            self.events.popleft()
+            log.warning("event_dropped_unacknowledged")
+        if self.subscriber is not None:
+            self.subscriber.send_json({"event": event, "seq": self.seq})
+        return self.seq
+
+    def ack(self, seq: int) -> None:
+        while self.events and self.events[0][0] <= seq:
+            self.events.popleft()
+
+    # Requests -----------------------------------------------------------------------------------
+
+    def request(self, conn: Connection, message: dict[str, Any]) -> None:
+        op = message.get("op")
+        rid = message.get("id")
+        if op == "ack":
+            self.ack(int(message.get("seq", 0)))
+            return
+        if op == "attach":
+            self._attach(conn, message)
+            return
+        handler: Callable[..., Any] | None = getattr(self, f"op_{op}", None)
+        if handler is None:
+            self._reply_error(conn, rid, OpError("InvalidArgument", f"unknown op {op!r}"))
+            return
+        try:
+            result = handler(conn, message)
+        except OpError as exc:
+            self._reply_error(conn, rid, exc)
+            return
+        except Exception as exc:
+            log.exception("op_failed", op=op)
+            self._reply_error(conn, rid, OpError("Internal", f"supervisor: {type(exc).__name__}: {exc}"))
+            return
+        if asyncio.iscoroutine(result):
+            self._spawn_task(self._finish(conn, rid, str(op), result))
+        else:
+            conn.send_json({"id": rid, "ok": True, "result": result})
+
+    async def _finish(self, conn: Connection, rid: Any, op: str, coro: Any) -> None:
+        try:
+            result = await coro
+        except OpError as exc:
+            self._reply_error(conn, rid, exc)
+        except Exception as exc:
+            log.exception("op_failed", op=op)
+            self._reply_error(conn, rid, OpError("Internal", f"supervisor: {type(exc).__name__}: {exc}"))
+        else:
+            conn.send_json({"id": rid, "ok": True, "result": result})
+
+    @staticmethod
+    def _reply_error(conn: Connection, rid: Any, exc: OpError) -> None:
+        conn.send_json({"id": rid, "ok": False, "error": wire.error_payload(exc.cls, exc.message),
+                        "result": exc.extra})
+
+    def _get(self, message: dict[str, Any]) -> Container:
+        id = str(message.get("cid", ""))
+        c = self.containers.get(id)
+        if c is None:
+            raise OpError("ContainerNotFound", f"No such container: {id}")
+        return c
+
+    def op_hello(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any]:
+        return {"version": wire.PROTOCOL_VERSION, "pid": os.getpid(), "cgroups": self.layout.mode}
+
+    def op_subscribe(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any]:
+        """Make ``conn`` the event subscriber: answer with a snapshot at the current sequence
+        number, then replay unacknowledged events, then a ``replayed`` marker."""
+        self.subscriber = conn
+        snapshot = {"seq": self.seq, "states": [wire.encode(c.state()) for c in self.containers.values()]}
+        # Queued behind the reply on the same transport: the client sees the snapshot first.
+        self.loop.call_soon(self._replay, conn, self.seq)
+        return snapshot
+
+    def _replay(self, conn: Connection, upto: int) -> None:
+        if self.subscriber is not conn:
+            return
+        for seq, event in list(self.events):
+            if seq <= upto:
+                conn.send_json({"event": event, "seq": seq})
+        conn.send_json({"replayed": upto})
+
+    def op_list(self, conn: Connection, message: dict[str, Any]) -> list[Any]:
+        return [wire.encode(c.state()) for c in self.containers.values()]
+
+    def op_state(self, conn: Connection, message: dict[str, Any]) -> Any:
+        return wire.encode(self._get(message).state())
+
+    def op_create(self, conn: Connection, message: dict[str, Any]) -> Any:
+        try:
+            spec = wire.decode(ContainerSpec, message["spec"])
+        except (KeyError, TypeError, ValueError, wire.ProtocolError) as exc:
+            raise OpError("InvalidArgument", f"invalid container spec: {exc}") from None
+        _validate(spec)
+        if spec.id in self.containers:
+            raise OpError("AlreadyExists", f"container {spec.id} already exists")
+        directory = self.config.paths.containers / spec.id
+        try:
+            c = self._new_container(spec, directory)
+        except capabilities.UnknownCapability as exc:
+            raise OpError("InvalidArgument", str(exc)) from None
+        try:
+            directory.mkdir(mode=0o710)
+        except FileExistsError:  # left by a crash between mkdir and the record: reuse it
+            pass
+        try:
+            (directory / "rootfs").mkdir(mode=0o755, exist_ok=True)
+            (directory / "spec.json").write_text(json.dumps(wire.encode(spec)))
+            self._ensure_cgroup(c)
+            c.log_fd = _open_log(c.log_path)
+            self._persist(c)
+        except BaseException:
+            self._close_container_fds(c)
+            c.cgroup.remove()
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        self.containers[spec.id] = c
+        c.log.info("container_created")
+        return wire.encode(c.state())
+
+    def _new_container(self, spec: ContainerSpec, directory: Path) -> Container:
+        caps = capabilities.container_caps(privileged=spec.privileged, add=spec.cap_add,
+                                           drop=spec.cap_drop, bounding=self.bounding)
+        cgroup = ContainerCgroup(self.layout, self.config.cgroup_parent, spec.id)
+        return Container(spec, directory, cgroup, capabilities.to_drop(caps, self.last_cap))
+
+    def _ensure_cgroup(self, c: Container) -> None:
+        if c.cgroup_ready:
+            return
+        try:
+            c.cgroup.create(c.spec.resources, privileged=c.spec.privileged)
+        except OSError as exc:
+            raise OpError("InvalidArgument",
+                          f"failed to apply cgroup limits: {exc.filename or ''}: "
+                          f"{child_mod.errtext(exc.errno or 0)}") from None
+        if c.oom_fd is None:
+            c.oom_fd = c.cgroup.oom_notifier()
+            if c.oom_fd is not None:
+                self.loop.add_reader(c.oom_fd, self._on_oom, c)
+        c.cgroup_ready = True
+
+    def op_start(self, conn: Connection, message: dict[str, Any]) -> Any:
+        c = self._get(message)
+        if c.deleting:
+            raise OpError("FailedPrecondition", f"container {c.id} is being removed")
+        if c.process is not None:
+            raise OpError("NotModified", "container is already running")
+        self._ensure_cgroup(c)
+        proc = self._spawn(c)
+        return self._await_start(proc)
+
+    async def _await_start(self, proc: Process) -> Any:
+        await proc.started
+        c = proc.container
+        if not proc.exec_error:
+            return {"state": wire.encode(proc.start_state), "seq": proc.start_seq}
+        await proc.done
+        raise OpError("StartFailed", c.error, state=wire.encode(c.state()), seq=proc.exit_seq)
+
+    def op_kill(self, conn: Connection, message: dict[str, Any]) -> Any:
+        c = self._get(message)
+        proc = c.process
+        if proc is None or proc.reaped:
+            raise OpError("ContainerNotRunning", f"container {c.id} is not running")
+        sig = int(message.get("signal", signal.SIGKILL))
+        if not 0 < sig < signal.NSIG:
+            raise OpError("InvalidArgument", f"invalid signal: {sig}")
+        if message.get("all"):
+            c.cgroup.signal_all(sig)
+        self._signal(proc, sig)
+        return None
+
+    def _signal(self, proc: Process, sig: int) -> None:
+        # Safe against pid reuse: the process is our unreaped child until reap() runs.
+        if not proc.reaped:
+            try:
+                os.kill(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def op_resize(self, conn: Connection, message: dict[str, Any]) -> Any:
+        c = self._get(message)
+        proc = c.process
+        if proc is None or not c.spec.process.terminal or proc.stdin_fd < 0:
+            return None
+        height, width = int(message.get("height", 0)), int(message.get("width", 0))
+        try:
+            fcntl.ioctl(proc.stdin_fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+        except OSError as exc:
+            raise OpError("Internal", f"resize: {child_mod.errtext(exc.errno or 0)}") from None
+        return None
+
+    def op_close_stdin(self, conn: Connection, message: dict[str, Any]) -> Any:
+        self._close_stdin(self._get(message))
+        return None
+
+    def op_delete(self, conn: Connection, message: dict[str, Any]) -> Any:
+        c = self._get(message)
+        if c.process is not None:
+            raise OpError("FailedPrecondition",
+                          f"container {c.id} is running: stop the container before removing or force remove")
+        if c.deleting:
+            raise OpError("FailedPrecondition", f"removal of container {c.id} is already in progress")
+        c.deleting = True
+        return self._delete(c)
+
+    async def _delete(self, c: Container) -> Any:
+        deadline = time.monotonic() + CGROUP_REMOVE_TIMEOUT
+        if c.oom_fd is not None:
+            self.loop.remove_reader(c.oom_fd)
+        while not c.cgroup.remove():
+            if time.monotonic() > deadline:
+                c.log.warning("cgroup_not_removed")
+                break
+            await asyncio.sleep(0.01)
+        self._close_container_fds(c)
+        shutil.rmtree(c.dir, ignore_errors=True)
+        del self.containers[c.id]
+        for conn in c.waiting_attachers:
+            self._end_attach(conn)
+        c.waiting_attachers.clear()
+        seq = self._emit(EventType.DELETE, c)
+        c.log.info("container_deleted")
+        return {"state": wire.encode(c.state()), "seq": seq}
+
+    @staticmethod
+    def _close_container_fds(c: Container) -> None:
+        for fd in (c.log_fd, c.oom_fd):
+            if fd is not None and fd >= 0:
+                os.close(fd)
+        c.log_fd, c.oom_fd = -1, None
+
+    def op_shutdown(self, conn: Connection, message: dict[str, Any]) -> Any:
+        """Exit if no container runs (``if_idle``), else stay; ``force`` stops them all first."""
+        running = self.running_count()
+        if running and not message.get("force"):
+            return {"exiting": False, "running": running}
+        if running:
+            self._spawn_task(self._stop_all_and_exit())
+        else:
+            self.loop.call_soon(self.stopping.set)
+        return {"exiting": True, "running": running}
+
+    # Starting -----------------------------------------------------------------------------------
+
+    def _plan(self, c: Container, fds: dict[str, int]) -> child_mod.ChildPlan:
+        spec, p = c.spec, c.spec.process
+        flags = linux.CLONE_NEWNS
+        if spec.uts == NamespaceMode.PRIVATE:
+            flags |= linux.CLONE_NEWUTS
+        if spec.ipc == NamespaceMode.PRIVATE:
+            flags |= linux.CLONE_NEWIPC
+        if spec.network == NamespaceMode.PRIVATE:
+            flags |= linux.CLONE_NEWNET
+        return child_mod.ChildPlan(
+            id=spec.id, rootfs=str(c.dir / "rootfs"), mounts=spec.rootfs, unshare_flags=flags,
+            hostname=spec.hostname or spec.id[:12], domainname=spec.domainname,
+            cgroup_procs=c.cgroup.procs_files,
+            cgroup_binds=tuple((d, h.name) for h, d in c.cgroup.dirs),
+            privileged=spec.privileged, readonly_rootfs=spec.readonly_rootfs,
+            masked_paths=self.masked_paths, readonly_paths=READONLY_PATHS, shm_size=spec.shm_size,
+            drop_caps=c.drop_caps, user=p.user, args=p.args, env=p.env, cwd=p.cwd or "/",
+            terminal=p.terminal, console_height=p.console_height, console_width=p.console_width,
+            stdin_fd=fds.get("stdin", self.devnull), stdout_fd=fds.get("stdout", -1),
+            stderr_fd=fds.get("stderr", -1), pty_socket_fd=fds.get("pty", -1), err_fd=fds["err"],
+            nofile=self.nofile,
+        )
+
+    def _spawn(self, c: Container) -> Process:
+        p = c.spec.process
+        parent_ends: dict[str, int] = {}  # what the supervisor keeps
+        child_ends: dict[str, int] = {}  # what the child gets (closed here after the fork)
+        pty_sockets: tuple[socket.socket, socket.socket] | None = None
+        try:
+            if p.terminal:
+                pty_sockets = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            else:
+                parent_ends["stdout"], child_ends["stdout"] = os.pipe()
+                parent_ends["stderr"], child_ends["stderr"] = os.pipe()
+                if p.open_stdin:
+                    child_ends["stdin"], parent_ends["stdin"] = os.pipe()
+            parent_ends["err"], child_ends["err"] = os.pipe()
+            pty_fd = {"pty": pty_sockets[1].fileno()} if pty_sockets else {}
+            plan = self._plan(c, child_ends | pty_fd)
+            assert threading.active_count() == 1, "the supervisor must not run threads"
+            c.oom_base = c.cgroup.oom_kills()
+            if c.oom_fd is not None:  # a notification of the previous run is not this run's OOM
+                with contextlib.suppress(BlockingIOError):
+                    os.read(c.oom_fd, 8)
+            started_ns = time.time_ns()
+            pid = self._fork(plan, new_pid_ns=c.spec.pid == NamespaceMode.PRIVATE)
+        except BaseException:
+            for fd in parent_ends.values():
+                os.close(fd)
+            if pty_sockets is not None:
+                pty_sockets[0].close()
+            raise
+        finally:
+            for fd in child_ends.values():
+                os.close(fd)
+            if pty_sockets is not None:
+                pty_sockets[1].close()
+
+        proc = Process(c, pid, started_ns)
+        self.procs[pid] = proc
+        c.process = proc
+        proc.pty_socket = pty_sockets[0] if pty_sockets else None
+        proc.err_fd = parent_ends["err"]
+        os.set_blocking(proc.err_fd, False)
+        self.loop.add_reader(proc.err_fd, self._on_exec_status, proc)
+        for name, stream in (("stdout", Stream.STDOUT), ("stderr", Stream.STDERR)):
+            if name in parent_ends:
+                self._add_output(proc, parent_ends[name], stream)
+        if "stdin" in parent_ends:
+            proc.stdin_fd = parent_ends["stdin"]
+            os.set_blocking(proc.stdin_fd, False)
+        # stdin sent before the start belongs to this process.
+        proc.stdin_buf, c.pending_stdin = c.pending_stdin, bytearray()
+        proc.stdin_eof, c.pending_eof = c.pending_eof, False
+        if proc.stdin_fd >= 0:
+            self._flush_stdin(proc)
+        proc.attachers, c.waiting_attachers = c.waiting_attachers, set()
+        return proc
+
+    def _fork(self, plan: child_mod.ChildPlan, *, new_pid_ns: bool) -> int:
+        """fork() into a new PID namespace: unshare(CLONE_NEWPID) only changes where *children*
+        go, so the child is PID 1 there, and the supervisor steps back into its own namespace."""
+        if new_pid_ns:
+            linux.unshare(linux.CLONE_NEWPID)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                child_mod.run(plan)  # never returns
+        finally:
+            if new_pid_ns and os.getpid() != 1:
+                linux.setns(self.pidns_fd, linux.CLONE_NEWPID)
+        return pid
+
+    def _add_output(self, proc: Process, fd: int, stream: Stream) -> None:
+        os.set_blocking(fd, False)
+        proc.outputs[fd] = (stream, jsonlog.LineSplitter(stream))
+        if not proc.paused:
+            self.loop.add_reader(fd, self._on_output, proc, fd)
+
+    def _on_exec_status(self, proc: Process) -> None:
+        try:
+            data = os.read(proc.err_fd, 4096)
+        except BlockingIOError:
+            return
+        if data:
+            proc.err_buf += data
+            return
+        self.loop.remove_reader(proc.err_fd)
+        os.close(proc.err_fd)
+        proc.err_fd = -1
+        proc.exec_done = True
+        c = proc.container
+        master = self._receive_master(proc)
+        if proc.err_buf:
+            proc.exec_error = proc.err_buf.decode(errors="replace")
+            if master >= 0:
+                os.close(master)
+            c.log.info("container_start_failed", error=proc.exec_error)
+        else:
+            if master >= 0:
+                proc.stdin_fd = master
+                self._add_output(proc, os.dup(master), Stream.STDOUT)
+                if proc.stdin_buf or proc.stdin_eof:
+                    self._flush_stdin(proc)
+            # Announced here, synchronously, so the start event always precedes the exit event.
+            c.status, c.pid, c.exit_code = Status.RUNNING, proc.pid, 0
+            c.started_at_ns, c.finished_at_ns, c.oom_killed, c.error = proc.started_ns, 0, False, ""
+            self._persist(c)
+            proc.start_state = c.state()
+            proc.start_seq = self._emit(EventType.START, c)
+            c.log.info("container_started", pid=proc.pid,
+                       ms=round((time.time_ns() - proc.started_ns) / 1e6, 2))
+        if not proc.started.done():
+            proc.started.set_result(None)
+        self._maybe_finalize(proc)
+
+    @staticmethod
+    def _receive_master(proc: Process) -> int:
+        sock = proc.pty_socket
+        if sock is None:
+            return -1
+        proc.pty_socket = None
+        try:
+            sock.setblocking(False)
+            _, fds, _, _ = socket.recv_fds(sock, 16, 1)
+        except OSError:
+            fds = []
+        finally:
+            sock.close()
+        return fds[0] if fds else -1
+
+    # Output --------------------------------------------------------------------------------------
+
+    def _on_output(self, proc: Process, fd: int) -> None:
+        try:
+            data = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EIO:  # EIO: every holder of the pty slave has gone
+                proc.container.log.warning("output_read_failed", error=str(exc))
+            data = b""
+        stream, splitter = proc.outputs[fd]
+        c = proc.container
+        now = time.time_ns()
+        if not data:
+            self._close_output(proc, fd)
+            lines = splitter.flush(now)
+            if lines:
+                self._write_log(c, lines)
+            self._maybe_finalize(proc)
+            return
+        lines = splitter.feed(data, now)
+        if lines:
+            self._write_log(c, lines)
+        if proc.attachers:
+            frame = wire.frame(stream, data)
+            for conn in proc.attachers:
+                if stream in conn.streams:
+                    conn.send(frame)
+
+    @staticmethod
+    def _write_log(c: Container, lines: bytes) -> None:
+        try:
+            jsonlog.write_all(c.log_fd, lines)
+        except OSError as exc:  # a full disk loses log lines, as dockerd does; attach goes on
+            if not c.log_failing:
+                c.log.error("log_write_failed", error=str(exc))
+            c.log_failing = True
+        else:
+            c.log_failing = False
+
+    def _close_output(self, proc: Process, fd: int) -> None:
+        if not proc.paused:
+            self.loop.remove_reader(fd)
+        os.close(fd)
+        del proc.outputs[fd]
+
+    def output_backpressure(self, conn: Connection) -> None:
+        """An attached client is slow: stop reading the process's output until it catches up
+        (as dockerd, whose attach copy blocks the container's writes)."""
+        c = conn.attach
+        if c is None or c.process is None or conn not in c.process.attachers:
+            return
+        self._update_pause(c.process)
+
+    def _update_pause(self, proc: Process) -> None:
+        paused = any(conn.paused for conn in proc.attachers)
+        if paused == proc.paused:
+            return
+        proc.paused = paused
+        for fd in proc.outputs:
+            if paused:
+                self.loop.remove_reader(fd)
+            else:
+                self.loop.add_reader(fd, self._on_output, proc, fd)
+
+    # Stdin ---------------------------------------------------------------------------------------
+
+    def feed_stdin(self, c: Container, data: bytes, conn: Connection) -> None:
+        if not conn.stdin or not c.spec.process.open_stdin:
+            return
+        proc = c.process
+        if proc is not None and not proc.reaped:
+            if proc.stdin_eof or (proc.stdin_fd < 0 and proc.exec_done):
+                return  # stdin already closed
+            proc.stdin_buf += data
+            backlog = len(proc.stdin_buf)
+            if proc.stdin_fd >= 0:
+                self._flush_stdin(proc)
+        else:
+            c.pending_stdin += data
+            backlog = len(c.pending_stdin)
+        if backlog > STDIN_HIGH and conn.transport is not None:
+            conn.transport.pause_reading()
+            c.stdin_paused.add(conn)
+
+    def attach_stdin_closed(self, c: Container) -> None:
+        if c.spec.process.stdin_once:
+            self._close_stdin(c)
+
+    def _close_stdin(self, c: Container) -> None:
+        proc = c.process
+        if proc is None or proc.reaped:
+            c.pending_eof = True
+            return
+        proc.stdin_eof = True
+        if proc.stdin_fd >= 0:
+            self._flush_stdin(proc)
+
+    def _flush_stdin(self, proc: Process) -> None:
+        fd = proc.stdin_fd
+        buf = proc.stdin_buf
+        try:
+            while buf:
+                written = os.write(fd, buf[:READ_SIZE])
+                del buf[:written]
+        except BlockingIOError:
+            if not proc.stdin_writing:
+                proc.stdin_writing = True
+                self.loop.add_writer(fd, self._flush_stdin, proc)
+            return
+        except OSError:  # the process closed its stdin: drop what it will never read
+            buf.clear()
+            proc.stdin_eof = True
+        if proc.stdin_writing:
+            proc.stdin_writing = False
+            self.loop.remove_writer(fd)
+        c = proc.container
+        if c.stdin_paused and len(buf) < STDIN_LOW:
+            for conn in c.stdin_paused:
+                if conn.transport is not None and not conn.closed:
+                    conn.transport.resume_reading()
+            c.stdin_paused.clear()
+        if proc.stdin_eof:
+            self._release_stdin(proc)
+
+    def _release_stdin(self, proc: Process) -> None:
+        fd = proc.stdin_fd
+        if fd < 0:
+            return
+        if proc.stdin_writing:
+            self.loop.remove_writer(fd)
+            proc.stdin_writing = False
+        if proc.container.spec.process.terminal:
+            # A pty has no end of input: send the EOF character, keep the master for output.
+            try:
+                os.write(fd, b"\x04")
+            except OSError:
+                pass
+            return
+        os.close(fd)
+        proc.stdin_fd = -1
+
+    # Attach ---------------------------------------------------------------------------------------
+
+    def _attach(self, conn: Connection, message: dict[str, Any]) -> None:
+        rid = message.get("id")
+        try:
+            c = self._get(message)
+        except OpError as exc:
+            self._reply_error(conn, rid, exc)
+            conn.close()
+            return
+        if c.deleting:
+            self._reply_error(conn, rid, OpError("FailedPrecondition", f"container {c.id} is being removed"))
+            conn.close()
+            return
+        conn.attach = c
+        conn.stdin = bool(message.get("stdin"))
+        conn.streams = frozenset(s for s, key in ((Stream.STDOUT, "stdout"), (Stream.STDERR, "stderr"))
+                                 if message.get(key, True))
+        conn.send_json({"id": rid, "ok": True, "result": {"running": c.process is not None}})
+        if c.process is not None and not c.process.finalized:
+            c.process.attachers.add(conn)
+            self._update_pause(c.process)
+        else:
+            c.waiting_attachers.add(conn)
+
+    def _end_attach(self, conn: Connection) -> None:
+        conn.send(wire.frame(wire.Kind.END, b""))
+        conn.close()
+
+    def disconnected(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        if self.subscriber is conn:
+            self.subscriber = None
+        c = conn.attach
+        if c is None:
+            return
+        c.waiting_attachers.discard(conn)
+        c.stdin_paused.discard(conn)
+        if c.process is not None and conn in c.process.attachers:
+            c.process.attachers.discard(conn)
+            self._update_pause(c.process)
+
+    # Exits ----------------------------------------------------------------------------------------
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            proc = self.procs.pop(pid, None)
+            if proc is None:
+                continue  # an orphan we adopted as subreaper
+            proc.reaped = True
+            proc.wait_status = status
+            self._maybe_finalize(proc)
+
+    def _on_oom(self, c: Container) -> None:
+        if c.oom_fd is None:
+            return
+        try:
+            os.read(c.oom_fd, 8)
+        except BlockingIOError:
+            return
+        proc = c.process
+        if proc is None or not proc.exec_done or proc.exec_error or c.status != Status.RUNNING:
+            return
+        c.oom_killed = True
+        proc.oom_reported = True
+        self._emit(EventType.OOM, c)
+        c.log.info("container_oom")
+
+    def _maybe_finalize(self, proc: Process) -> None:
+        if proc.finalized or not proc.reaped or not proc.exec_done:
+            return
+        if proc.outputs:
+            if proc.drain_timer is None:
+                proc.drain_timer = self.loop.call_later(DRAIN_TIMEOUT, self._drain_expired, proc)
+            return
+        self._finalize(proc)
+
+    def _drain_expired(self, proc: Process) -> None:
+        now = time.time_ns()
+        for fd in list(proc.outputs):
+            lines = proc.outputs[fd][1].flush(now)
+            if lines:
+                self._write_log(proc.container, lines)
+            self._close_output(proc, fd)
+        self._finalize(proc)
+
+    def _finalize(self, proc: Process) -> None:
+        proc.finalized = True
+        if proc.drain_timer is not None:
+            proc.drain_timer.cancel()
+        c = proc.container
+        if proc.stdin_fd >= 0:
+            if proc.stdin_writing:
+                self.loop.remove_writer(proc.stdin_fd)
+            os.close(proc.stdin_fd)
+            proc.stdin_fd = -1
+        for conn in c.stdin_paused:
+            if conn.transport is not None and not conn.closed:
+                conn.transport.resume_reading()
+        c.stdin_paused.clear()
+        if c.spec.pid == NamespaceMode.HOST:
+            c.cgroup.signal_all(signal.SIGKILL)  # no PID namespace took the rest down with it
+        if proc.exec_error:
+            c.exit_code = start_failure_exit_code(proc.exec_error)
+            c.error = proc.exec_error
+        else:
+            code = os.waitstatus_to_exitcode(proc.wait_status)
+            c.exit_code = 128 - code if code < 0 else code
+            if c.cgroup.oom_kills() > c.oom_base:
+                c.oom_killed = True
+                if not proc.oom_reported:
+                    self._emit(EventType.OOM, c)
+        c.status, c.pid, c.finished_at_ns = Status.STOPPED, 0, time.time_ns()
+        c.process = None
+        self._persist(c)
+        proc.exit_seq = self._emit(EventType.EXIT, c)
+        if not proc.exec_error:
+            c.log.info("container_exited", exit_code=c.exit_code, oom_killed=c.oom_killed)
+        for conn in proc.attachers:
+            self._end_attach(conn)
+        proc.attachers.clear()
+        if not proc.started.done():
+            proc.started.set_result(None)
+        proc.done.set_result(None)
+
+
+def _validate(spec: ContainerSpec) -> None:
+    if not _ID.fullmatch(spec.id):
+        raise OpError("InvalidArgument", f"invalid container id {spec.id!r}")
+    if not spec.process.args:
+        raise OpError("InvalidArgument", "no command specified")
+    if not spec.rootfs:
+        raise OpError("InvalidArgument", "no rootfs mounts given")
+
+
+def _open_log(path: str) -> int:
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+
+def _thermal_throttle_dirs() -> tuple[str, ...]:
+    base = "/sys/devices/system/cpu"
+    try:
+        names = sorted(n for n in os.listdir(base) if n.startswith("cpu") and n[3:].isdigit())
+    except OSError:
+        return ()
+    return tuple(f"{base}/{n}/thermal_throttle" for n in names if os.path.isdir(f"{base}/{n}/thermal_throttle"))
