@@ -8,7 +8,6 @@ or raise :class:`protos.errors.BerthError`; one middleware turns errors into HTT
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -41,25 +40,38 @@ def add_route(app: web.Application, method: str, path: str, handler: Handler) ->
     app.router.add_route(method, r"/v{api_version:[0-9]+(?:\.[0-9]+)*}" + path, handler)
 
 
+_PREPARED: web.RequestKey[bool] = web.RequestKey("berth.prepared", bool)
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except NotModified:
-        return web.Response(status=304)
-    except BerthError as err:
-        if err.http_status >= 500:
-            log.error("request_failed", error=err.message, error_class=type(err).__name__)
-        return error_response(err.http_status, err.message)
-    except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
-        return error_response(404, "page not found")
-    except web.HTTPException as exc:
-        return error_response(exc.status, exc.reason)
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
     except Exception as exc:
-        log.exception("request_crashed", error=repr(exc))
-        return error_response(500, f"internal error: {exc}")
+        if request.get(_PREPARED):
+            # Headers already went out: a second response would corrupt the stream. Log and let
+            # aiohttp drop the connection; streaming handlers report in-stream errors themselves.
+            if not isinstance(exc, ConnectionResetError):
+                log.error("stream_failed", error=repr(exc), exc_info=exc)
+            raise
+        return _error_to_response(exc)
+
+
+def _error_to_response(exc: Exception) -> web.StreamResponse:
+    if isinstance(exc, NotModified):
+        return web.Response(status=304)
+    if isinstance(exc, BerthError):
+        if exc.http_status >= 500:
+            log.error("request_failed", error=exc.message, error_class=type(exc).__name__)
+        return error_response(exc.http_status, exc.message)
+    if isinstance(exc, web.HTTPNotFound | web.HTTPMethodNotAllowed):
+        return error_response(404, "page not found")
+    if isinstance(exc, web.HTTPException):
+        return error_response(exc.status, exc.reason)
+    if isinstance(exc, ConnectionResetError):
+        raise exc
+    log.error("request_crashed", error=repr(exc), exc_info=exc)
+    return error_response(500, f"internal error: {exc}")
 
 
 @web.middleware
@@ -96,6 +108,7 @@ async def _access_log(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 async def _engine_headers(request: web.Request, response: web.StreamResponse) -> None:
+    request[_PREPARED] = True
     response.headers["Api-Version"] = API_VERSION
     response.headers["Ostype"] = "linux"
     response.headers["Docker-Experimental"] = "false"

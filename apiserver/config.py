@@ -44,6 +44,8 @@ class DaemonConfig:
     shutdown_timeout: int = 15
     group: str = "berth"
     node_id: str = ""
+    insecure_registries: tuple[str, ...] = ()
+    registry_certs_dir: Path = Path("/etc/berth/certs.d")
 
     @property
     def embedded(self) -> bool:
@@ -58,6 +60,7 @@ _FILE_KEYS = {
     "log_level": "log-level", "debug": "debug", "redis_url": "redis-url", "redis_namespace": "redis-namespace",
     "cgroup_parent": "cgroup-parent", "labels": "labels", "shutdown_timeout": "shutdown-timeout",
     "group": "group", "allow_insecure_tcp": "allow-insecure-tcp", "node_id": "node-id",
+    "insecure_registries": "insecure-registries", "registry_certs_dir": "registry-certs-dir",
 }
 
 
@@ -90,6 +93,10 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds to wait for containers to stop on shutdown")
     p.add_argument("-G", "--group", dest="group", default=None, help="group owning the unix socket")
     p.add_argument("--node-id", dest="node_id", default=None, help="node id of the embedded host services")
+    p.add_argument("--insecure-registry", dest="insecure_registries", action="append", default=None,
+                   help="registry (host[:port] or CIDR) that may be reached over plain HTTP (loopback always may)")
+    p.add_argument("--registry-certs-dir", dest="registry_certs_dir", default=None,
+                   help="per-registry TLS material: DIR/<host:port>/{ca.crt,client.cert,client.key}")
     p.add_argument("-v", "--version", dest="version", action="store_true", help="print the version and exit")
     return p
 
@@ -154,4 +161,6 @@ def build(values: dict[str, Any]) -> DaemonConfig:
                              else default.shutdown_timeout),
         group=str(values.get("group") or default.group),
         node_id=str(values.get("node_id") or ""),
+        insecure_registries=tuple(values.get("insecure_registries") or ()),
+        registry_certs_dir=Path(values.get("registry_certs_dir") or default.registry_certs_dir),
     )

@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import redis.asyncio as aioredis
 import structlog
 
@@ -27,8 +28,9 @@ from apiserver.containers.store import ContainerStore
 from apiserver.events import EventBus
 from apiserver.hijack import EngineRunner
 from apiserver.images.backend import ImageBackend
+from apiserver.images.distribution import DistributionBackend, RegistrySettings, default_insecure
 from apiserver.images.store import ImageStore
-from apiserver.listen import start_sites
+from apiserver.listen import start_sites, validate_listeners
 from apiserver.nodes import NodeDirectory
 from apiserver.processes import ManagedProcess
 from apiserver.remote import connect_remote
@@ -106,10 +108,14 @@ def _embedded(cfg: DaemonConfig) -> Embedded:
         [sys.executable, "-m", "shim", "--root", str(cfg.data_root / "shim"), "--exec-root", str(run / "shim"),
          "--address", shim_sock, "--cgroup-parent", cfg.cgroup_parent, *common],
         run / "shim.pid", lambda: _grpc_ready(shim_sock), log_file=logs / "shim.log")
+    # The snapshotter shares berthd's defaults; pass only what the operator set.
+    registry_flags = ["--registry-certs-dir", str(cfg.registry_certs_dir)] if cfg.registry_certs_dir.exists() else []
+    for item in cfg.insecure_registries:
+        registry_flags += ["--insecure-registry", item]
     snapshotter = ManagedProcess(
         "snapshotter",
         [sys.executable, "-m", "snapshotter", "--root", str(cfg.data_root / "snapshotter"),
-         "--address", snap_sock, *common],
+         "--address", snap_sock, *registry_flags, *common],
         run / "snapshotter.pid", lambda: _grpc_ready(snap_sock), log_file=logs / "snapshotter.log")
     redis = ManagedProcess("redis", ["redis-server", str(redis_conf)], run / "redis.pid", redis_ready,
                            log_file=logs / "redis.log")
@@ -123,6 +129,7 @@ class Daemon:
 
     async def run(self) -> None:
         cfg = self.cfg
+        validate_listeners(cfg)  # refuse bad -H/TLS settings before starting anything
         cfg.data_root.mkdir(parents=True, exist_ok=True, mode=0o711)
         cfg.exec_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         _write_pidfile(cfg.pidfile)
@@ -157,6 +164,10 @@ class Daemon:
                                       nodes=directory, bus=bus)
         images = ImageBackend(redis=redis, keys=keys, store=image_store, containers=container_store,
                               nodes=directory)
+        distribution = DistributionBackend(
+            redis=redis, keys=keys, store=image_store, nodes=directory,
+            registries=RegistrySettings(insecure=default_insecure(cfg.insecure_registries),
+                                        session_factory=aiohttp.ClientSession))
         daemon_id = embedded.node_id if embedded else load_or_create_node_id(cfg.data_root)
         system = SystemBackend(containers=container_store, images=image_store, nodes=directory, bus=bus,
                                daemon_id=daemon_id, data_root=str(cfg.data_root), debug=cfg.debug,
@@ -165,9 +176,11 @@ class Daemon:
         app[system_router.SYSTEM] = system
         app[containers_router.CONTAINERS] = containers
         app[images_router.IMAGES] = images
+        app[images_router.DISTRIBUTION] = distribution
         runner = EngineRunner(app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         try:
+            await start_sites(runner, cfg)
             async with asyncio.TaskGroup() as tasks:
                 bus_task = tasks.create_task(bus.run())
                 await bus.ready()
@@ -175,7 +188,6 @@ class Daemon:
                 if embedded is not None:
                     for service in (embedded.redis, embedded.shim, embedded.snapshotter):
                         background.append(tasks.create_task(service.watch()))
-                await start_sites(runner, cfg)
                 log.info("daemon_ready", hosts=list(cfg.hosts), embedded=embedded is not None)
                 await self._stop.wait()
                 log.info("daemon_shutting_down")

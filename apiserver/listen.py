@@ -60,7 +60,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_tcp_policy(endpoint: Endpoint, cfg: DaemonConfig) -> None:
+def check_tcp_policy(endpoint: Endpoint, cfg: DaemonConfig, *, warn: bool = True) -> None:
     if endpoint.scheme != "tcp" or cfg.tls.verify or is_loopback(endpoint.host):
         return
     if not cfg.allow_insecure_tcp:
@@ -68,6 +68,8 @@ def check_tcp_policy(endpoint: Endpoint, cfg: DaemonConfig) -> None:
             f"refusing to listen on tcp://{endpoint.host}:{endpoint.port} without --tlsverify: anyone who can "
             "reach that address would get root on this host. Use --tlsverify (with --tlscacert, --tlscert, "
             "--tlskey), bind to 127.0.0.1, or pass --allow-insecure-tcp if you really mean it")
+    if not warn:
+        return
     log.warning("Binding to IP address without --tlsverify is insecure and gives root access on this machine "
                 "to everyone who has access to your network.", host=endpoint.host)
     log.warning("Binding to an IP address, even on localhost, can also give access to scripts run in a browser. "
@@ -113,6 +115,14 @@ def _secure_unix_socket(path: str, group: str) -> None:
         pass
     os.chown(path, 0, gid)
     os.chmod(path, 0o660)
+
+
+def validate_listeners(cfg: DaemonConfig) -> None:
+    """Every -H parses, TCP listeners obey the TLS policy, TLS material loads."""
+    if cfg.tls.enabled:
+        server_ssl_context(cfg.tls)
+    for raw in cfg.hosts:
+        check_tcp_policy(parse_host(raw, cfg.tls.enabled), cfg, warn=False)
 
 
 async def start_sites(runner: web.AppRunner, cfg: DaemonConfig) -> list[web.BaseSite]:

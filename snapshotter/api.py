@@ -46,7 +46,8 @@ from typing import Protocol
 from common.mounts import Mount
 
 __all__ = ["MAX_DEPTH", "BlobInfo", "ContentStore", "ExportImage", "ImageRecord", "Images", "Info",
-           "Kind", "LayerRef", "Mount", "Snapshotter", "Usage"]
+           "Kind", "LayerRef", "Mount", "Progress", "PullResult", "PushResult", "RegistryAuth", "Snapshotter",
+           "Usage"]
 
 # Docker's overlay2 limit; deeper chains are rejected when preparing a child.
 MAX_DEPTH = 128
@@ -184,6 +185,47 @@ class ExportImage:
     layers: tuple[LayerRef, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """One progress line in Docker's JSON-message terms: ``id`` is a layer's short id (12 hex)
+    and ``status`` one of Docker's words (``Pulling fs layer``, ``Waiting``, ``Downloading``,
+    ``Verifying Checksum``, ``Download complete``, ``Extracting``, ``Pull complete``, ``Already
+    exists``, ``Preparing``, ``Pushing``, ``Pushed``, ``Layer already exists``, ``Mounted from
+    <repo>``). ``total`` 0 means no byte counts (a message without ``progressDetail`` numbers)."""
+
+    id: str
+    status: str
+    current: int = 0
+    total: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PullResult:
+    """The last event of a pull: the image as unpacked on this host, and the digest of the
+    manifest (of the manifest list when the tag pointed at one) for ``RepoDigests``."""
+
+    image: ImageRecord
+    manifest_digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    """The last event of a push: the pushed manifest's digest and size."""
+
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryAuth:
+    """Credentials for one registry, as the docker CLI sends them in ``X-Registry-Auth``."""
+
+    username: str = ""
+    password: str = ""
+    identity_token: str = ""
+    registry_token: str = ""
+
+
 class Images(Protocol):
     """Moves whole images in and out of this host's content store and snapshots."""
 
@@ -202,4 +244,24 @@ class Images(Protocol):
     async def unpack(self, layers: Sequence[LayerRef]) -> str:
         """Make sure the chain of ``layers`` (blobs already in the content store) is unpacked;
         returns the top chain id. Layers whose chain exists are skipped; diff ids are verified."""
+        ...
+
+    def pull(self, reference: str, auth: RegistryAuth, platform: str = "") -> AsyncIterator[Progress | PullResult]:
+        """Pull ``reference`` (normalised, with tag or digest) from its registry into this host:
+        manifest negotiation and platform selection, layers fetched in parallel (bounded), streamed
+        through decompression straight into their snapshots, every digest and diff id verified,
+        layers whose chain exists skipped, one blob shared by concurrent pulls fetched once.
+        Yields progress, then exactly one ``PullResult``. Errors use Docker's words (``manifest
+        for x not found: manifest unknown…``, ``pull access denied for x…``)."""
+        ...
+
+    def push(self, image: ExportImage, reference: str, auth: RegistryAuth) -> AsyncIterator[Progress | PushResult]:
+        """Push ``image`` (stored on this host) as ``reference``: blobs the registry has are
+        skipped (HEAD), others mounted across repositories when possible, else uploaded; then
+        the manifest. Yields progress, then exactly one ``PushResult``."""
+        ...
+
+    async def import_rootfs(self, chunks: AsyncIterator[bytes], config: bytes) -> ImageRecord:
+        """``docker import``: the (possibly compressed) tarball becomes the single layer of a new
+        image whose config is ``config`` with ``rootfs.diff_ids`` (and ``history``) filled in."""
         ...

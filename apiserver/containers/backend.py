@@ -7,6 +7,7 @@ resize); the shim appends start, die and oom when it observes them.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import signal as signal_module
 import time
@@ -84,6 +85,8 @@ class ContainerBackend:
         image = await self._images.resolve(image_ref)
         plan = create_mod.plan(body, image, image_ref)
         container_id = secrets.token_hex(32)
+        if not plan.config["Hostname"]:
+            plan.config["Hostname"] = container_id[:12]
         if name:
             name = create_mod.validate_name(name)
             await self.store.reserve_name(name, container_id)
@@ -247,7 +250,17 @@ class ContainerBackend:
         if record.status == "paused":
             raise Conflict("cannot start a paused container, try unpause instead")
         host = await self._host(record)
-        await host.runtime.start(record.id)
+        try:
+            await host.runtime.start(record.id)
+        except BerthError:
+            # moby removes an AutoRemove container whose start failed; `docker run --rm` waits
+            # for that removal before it reports the error.
+            if record.config["HostConfig"].get("AutoRemove") and await self.store.claim_autoremove(record.id):
+                try:
+                    await self._remove_record(await self.store.get(record.id), force=True)
+                except BerthError as exc:
+                    log.warning("auto_remove_failed", container=record.id, error=str(exc))
+            raise
 
     async def stop(self, ref: str, *, signal: str | None = None, timeout: int | None = None) -> None:
         record = await self.store.resolve(ref)

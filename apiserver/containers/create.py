@@ -104,7 +104,7 @@ def plan(body: dict[str, Any], image: ImageRecord, image_ref: str) -> CreatePlan
     host_config: dict[str, Any] = dict(body.get("HostConfig") or {})
     for key in _NOT_YET:
         value = host_config.get(key)
-        if value not in (None, "", 0, False, [], {}):
+        if value not in (None, "", 0, False, [], {}) and not (key == "MemorySwappiness" and value == -1):
             raise InvalidArgument(f"HostConfig.{key} is not supported by Berth yet")
     restart = host_config.get("RestartPolicy") or {}
     if restart.get("Name") not in (None, "", "no"):
@@ -200,6 +200,18 @@ def _cpus() -> int:
     return os.cpu_count() or 1
 
 
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def runtime_env(config: dict[str, Any]) -> list[str]:
+    """moby's CreateDaemonEnvironment: PATH, HOSTNAME and (with a TTY) TERM, each overridden by
+    the container's own Env."""
+    defaults = [f"PATH={DEFAULT_PATH}", f"HOSTNAME={config.get('Hostname', '')}"]
+    if config.get("Tty"):
+        defaults.append("TERM=xterm")
+    return _merge_env(defaults, list(config.get("Env") or ()))
+
+
 def container_spec(id: str, record_config: dict[str, Any], rootfs: list[Mount]) -> ContainerSpec:
     """The shim's view of a stored container record."""
     config = record_config["Config"]
@@ -207,7 +219,7 @@ def container_spec(id: str, record_config: dict[str, Any], rootfs: list[Mount]) 
     console = host.get("ConsoleSize") or [0, 0]
     process = ProcessSpec(
         args=(record_config["Path"], *record_config["Args"]),
-        env=tuple(config.get("Env") or ()),
+        env=tuple(runtime_env(config)),
         cwd=config.get("WorkingDir") or "/",
         user=config.get("User") or "",
         terminal=bool(config.get("Tty")),

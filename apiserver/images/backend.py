@@ -74,7 +74,14 @@ class ImageBackend:
         for c in await self._containers.list():
             usage[c.config["Image"]] = usage.get(c.config["Image"], 0) + 1
         records = await self._filter(records, tags, filters)
-        return [views.summary(r, tags.get(r.id, []), digests.get(r.id, []), usage.get(r.id, 0)) for r in records]
+        patterns = filters.get("reference", [])
+
+        def shown(refs: list[str]) -> list[str]:
+            # moby lists only the tags that matched a reference filter
+            return [t for t in refs if any(_reference_match(t, p) for p in patterns)] if patterns else refs
+
+        return [views.summary(r, shown(tags.get(r.id, [])), digests.get(r.id, []), usage.get(r.id, 0))
+                for r in records]
 
     async def _filter(self, records: list[ImageRecord], tags: dict[str, list[str]], filters: Filters) -> list[ImageRecord]:
         if not filters:
@@ -214,6 +221,88 @@ class ImageBackend:
                     except NotFound:
                         pass
         return removed
+
+    async def prune(self, filters: Filters) -> dict[str, Any]:
+        """``docker image prune``: dangling images (``dangling=false``: every unused image)."""
+        for key in filters:
+            if key not in ("dangling", "until", "label", "label!"):
+                raise InvalidArgument(f"invalid filter '{key}'")
+        dangling_only = filters.get("dangling", ["true"])[0] in ("true", "1")
+        until_ns = None
+        if filters.get("until"):
+            from apiserver.streams import unix_ns
+
+            until_ns = unix_ns(filters["until"][0])
+        tags = await self.store.tags_by_image()
+        used = {c.config["Image"] for c in await self._containers.list()}
+        deleted: list[dict[str, str]] = []
+        reclaimed = 0
+        for record in await self.store.list():
+            if record.id in used or (dangling_only and tags.get(record.id)):
+                continue
+            if until_ns is not None and _created_ns(record.config) >= until_ns:
+                continue
+            labels = (record.config.get("config") or {}).get("Labels") or {}
+            if any(not _label_match(labels, want) for want in filters.get("label", [])):
+                continue
+            if any(_label_match(labels, want) for want in filters.get("label!", [])):
+                continue
+            try:
+                results = await self.remove(record.id, force=True)
+            except BerthError as exc:
+                log.warning("prune_skip", image=record.id, error=str(exc))
+                continue
+            deleted.extend(results)
+            reclaimed += record.size
+        return {"ImagesDeleted": deleted or None, "SpaceReclaimed": reclaimed}
+
+    async def disk_usage(self) -> dict[str, Any]:
+        """``GET /system/df``: images with shared sizes, containers with their writable layers."""
+        from apiserver.containers import views as container_views
+
+        records = await self.store.list()
+        tags = await self.store.tags_by_image()
+        digests = await self.store.digests_by_image()
+        containers = await self._containers.list()
+        usage: dict[str, int] = {}
+        for c in containers:
+            usage[c.config["Image"]] = usage.get(c.config["Image"], 0) + 1
+        # Per-layer sizes come from the snapshotter (each committed chain's own usage).
+        layer_users: dict[str, int] = {}
+        layer_size: dict[str, int] = {}
+        for r in records:
+            chains = chain_ids(r.diff_ids)
+            for chain in chains:
+                layer_users[chain] = layer_users.get(chain, 0) + 1
+                if chain not in layer_size:
+                    layer_size[chain] = await self._chain_usage(r, chain)
+        images = []
+        for r in records:
+            item = views.summary(r, tags.get(r.id, []), digests.get(r.id, []), usage.get(r.id, 0))
+            item["SharedSize"] = sum(layer_size[c] for c in chain_ids(r.diff_ids) if layer_users.get(c, 0) > 1)
+            images.append(item)
+        container_items = []
+        for c in containers:
+            item = container_views.summary_view(c)
+            try:
+                host = await self._nodes.host(c.node)
+                rw = (await host.snapshots.usage(c.id)).size
+            except BerthError:
+                rw = 0
+            item["SizeRw"] = rw
+            image_size = next((r.size for r in records if r.id == c.config["Image"]), 0)
+            item["SizeRootFs"] = rw + image_size
+            container_items.append(item)
+        return {"LayersSize": sum(layer_size.values()), "Images": images, "Containers": container_items, "Volumes": [], "BuildCache": []}
+
+    async def _chain_usage(self, record: ImageRecord, chain: str) -> int:
+        for node in sorted(record.nodes):
+            try:
+                host = await self._nodes.host(node)
+                return (await host.snapshots.usage(chain)).size
+            except BerthError:
+                continue
+        return 0
 
     # -- archives ----------------------------------------------------------------------------------
     async def load(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -124,8 +125,9 @@ async def post_container_wait(request: web.Request) -> web.StreamResponse:
         body: dict[str, Any] = {"StatusCode": result.status_code, "Error": None}
         if result.error:
             body["Error"] = {"Message": result.error}
-        await resp.write(dumps(body) + b"\n")
-        await resp.write_eof()
+        with contextlib.suppress(ConnectionResetError):
+            await resp.write(dumps(body) + b"\n")
+            await resp.write_eof()
         return resp
     finally:
         for task in (result_task, gone):

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from apiserver.app import METRICS, add_route
 from apiserver.httputil import JSON_TYPE, dumps, json_response, parse_filters
-from apiserver.streams import unix_ns, until_disconnected
+from apiserver.streams import unix_ns, until, until_disconnected
 from apiserver.system import EVENT_FILTERS, SystemBackend
 
 SYSTEM: web.AppKey[SystemBackend] = web.AppKey("system", SystemBackend)
@@ -42,10 +42,10 @@ async def get_info(request: web.Request) -> web.StreamResponse:
 
 async def get_events(request: web.Request) -> web.StreamResponse:
     filters = parse_filters(request.query.get("filters"), EVENT_FILTERS)
-    since = request.query.get("since")
-    until = request.query.get("until")
-    since_ns = unix_ns(since) if since else None
-    until_ns = unix_ns(until) if until else None
+    since_raw = request.query.get("since")
+    until_raw = request.query.get("until")
+    since_ns = unix_ns(since_raw) if since_raw else None
+    until_ns = unix_ns(until_raw) if until_raw else None
     if since_ns is not None and until_ns is not None and since_ns > until_ns:
         from protos.errors import InvalidArgument
 
@@ -55,7 +55,7 @@ async def get_events(request: web.Request) -> web.StreamResponse:
     resp.content_type = JSON_TYPE
     resp.enable_chunked_encoding()
     await resp.prepare(request)
-    gone = asyncio.ensure_future(_gone_oruntil(request, until_ns))
+    gone = asyncio.ensure_future(_gone_or_deadline(request, until_ns))
     try:
         async for message in until(events, gone):
             await resp.write(dumps(message) + b"\n")
@@ -67,7 +67,7 @@ async def get_events(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-async def _gone_oruntil(request: web.Request, until_ns: int | None) -> None:
+async def _gone_or_deadline(request: web.Request, until_ns: int | None) -> None:
     watch = asyncio.ensure_future(until_disconnected(request.transport))
     try:
         if until_ns is None:
