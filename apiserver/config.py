@@ -157,8 +157,7 @@ def build(values: dict[str, Any]) -> DaemonConfig:
         redis_namespace=str(values.get("redis_namespace") or default.redis_namespace),
         cgroup_parent=str(values.get("cgroup_parent") or default.cgroup_parent),
         labels=tuple(values.get("labels") or ()),
-        shutdown_timeout=int(values.get("shutdown_timeout") if values.get("shutdown_timeout") is not None
-                             else default.shutdown_timeout),
+        shutdown_timeout=int(values.get("shutdown_timeout", default.shutdown_timeout)),
         group=str(values.get("group") or default.group),
         node_id=str(values.get("node_id") or ""),
         insecure_registries=tuple(values.get("insecure_registries") or ()),

@@ -17,7 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 
-from common.keys import Keys
+from common.keys import Keys, text
 
 log = structlog.get_logger()
 
@@ -51,8 +51,8 @@ class Event:
         return int(self.message.get("timeNano", 0))
 
 
-def _decode(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Event | None:
-    sid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+def _decode(entry_id: Any, fields: Any) -> Event | None:
+    sid = text(entry_id) if isinstance(entry_id, bytes) else entry_id
     raw = fields.get(b"e")
     if raw is None:
         return None
@@ -92,18 +92,18 @@ class EventBus:
         """Follow the stream until cancelled; Redis outages are retried."""
         latest = await self._redis.xrevrange(self._keys.events, count=1)
         if latest:
-            self._last_id = latest[0][0].decode()
+            self._last_id = text(latest[0][0])
         self._ready.set()
         while True:
             try:
-                batches = await self._redis.xread({self._keys.events: self._last_id}, block=_BLOCK_MS, count=500)
+                batches: Any = await self._redis.xread({self._keys.events: self._last_id}, block=_BLOCK_MS, count=500)
             except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
                 log.warning("events_follow_failed", error=str(exc))
                 await asyncio.sleep(0.5)
                 continue
             for _, entries in batches or []:
                 for entry_id, fields in entries:
-                    self._last_id = entry_id.decode()
+                    self._last_id = text(entry_id)
                     event = _decode(entry_id, fields)
                     if event is not None:
                         self._publish(event)
@@ -133,7 +133,7 @@ class EventBus:
         out: list[Event] = []
         cursor = start
         while True:
-            entries = await self._redis.xrange(self._keys.events, min=cursor, max=end, count=1000)
+            entries: Any = await self._redis.xrange(self._keys.events, min=cursor, max=end, count=1000)
             for entry_id, fields in entries:
                 event = _decode(entry_id, fields)
                 if event is None:
@@ -143,5 +143,5 @@ class EventBus:
                 out.append(event)
             if len(entries) < 1000:
                 return out
-            ms, seq = _id_tuple(entries[-1][0].decode())
+            ms, seq = _id_tuple(text(entries[-1][0]))
             cursor = f"{ms}-{seq + 1}"

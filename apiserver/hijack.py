@@ -1,4 +1,4 @@
-"""Hijacked connections for attach and exec start (ENGINE-API.md §2.2, §7.3–7.5).
+"""Hijacked connections for attach and exec start (ENGINE-API.md §2.2, §7.3-7.5).
 
 After the ``101 UPGRADED`` (or, for clients that did not ask to upgrade, ``200 OK``) header, the
 socket carries raw bytes both ways. aiohttp closes a connection whose peer half-closes, but the
@@ -48,7 +48,7 @@ class _HalfCloseTolerantHandler(RequestHandler):
             auto_decompress=kwargs.get("auto_decompress", True), max_msg_queue_size=MAX_MSG_QUEUE_SIZE)
         self.half_closed = False
 
-    def eof_received(self) -> bool | None:
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # aiohttp types it as None
         idle = self._waiter is not None and not self._waiter.done()
         if self._upgraded or not idle:
             # A request is in flight: answer it (a hijack keeps streaming), then close.
@@ -176,7 +176,7 @@ async def hijack(request: web.Request, content_type: str) -> tuple[web.StreamRes
     # Bytes the client sent right behind the request headers (stdin typed before the 101 arrived).
     initial = bytes(getattr(handler, "_message_tail", b""))
     if initial:
-        handler._message_tail = b""  # type: ignore[attr-defined]
+        handler._message_tail = b""
     protocol = _HijackProtocol(transport)
     transport.set_protocol(protocol)
     conn = HijackedConnection(protocol, initial)

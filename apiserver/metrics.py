@@ -58,11 +58,11 @@ class Metrics:
             lines.append(f"berth_api_request_duration_seconds_sum{_labels(base)} {self._sum[(method, route)]}")
             lines.append(f"berth_api_request_duration_seconds_count{_labels(base)} {cumulative}")
         seen: set[str] = set()
-        for (name, labels), value in sorted(self.counters.items()):
+        for (name, label_items), value in sorted(self.counters.items()):
             if name not in seen:
                 lines.append(f"# TYPE {name} counter")
                 seen.add(name)
-            lines.append(f"{name}{_labels(dict(labels))} {value}")
+            lines.append(f"{name}{_labels(dict(label_items))} {value}")
         for collect in self.collectors:
             for name, kind, labels, value in await collect():
                 if name not in seen:

@@ -86,7 +86,7 @@ class ManagedProcess:
         return f" (see {self._log_file})" if self._log_file else ""
 
     def _spawn(self) -> None:
-        out = open(self._log_file, "ab") if self._log_file else subprocess.DEVNULL  # noqa: SIM115
+        out = open(self._log_file, "ab") if self._log_file else subprocess.DEVNULL
         try:
             self._popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                            start_new_session=True, close_fds=True)
@@ -100,9 +100,9 @@ class ManagedProcess:
     async def watch(self) -> None:
         """Restart the service whenever it dies, until ``stop``; back-off 0.1 s → 10 s."""
         delay = 0.1
-        while not self._stopping:
+        while True:
             await self._wait_exit()
-            if self._stopping:
+            if self._stopping:  # set by stop() while we waited
                 return
             code = self._reap()
             self._log.error("service_died", pid=self.pid, exit_code=code)
@@ -134,8 +134,13 @@ class ManagedProcess:
         except ProcessLookupError:
             return
         loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+        done: asyncio.Future[None] = loop.create_future()
+
+        def exited() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        loop.add_reader(fd, exited)
         try:
             await done
         finally:

@@ -58,10 +58,10 @@ class SystemBackend:
         }
 
     async def info(self) -> dict[str, Any]:
-        records = await self._containers.list()
+        records = await self._containers.all()
         running = sum(1 for r in records if r.status == "running")
         paused = sum(1 for r in records if r.status == "paused")
-        images = await self._images.list()
+        images = await self._images.all()
         nodes = await self._nodes.records()
         uname = os.uname()
         ncpu = sum(n.cpus for n in nodes) or (os.cpu_count() or 1)
@@ -99,7 +99,8 @@ class SystemBackend:
             "Nodes": [{"ID": n.id, "Hostname": n.hostname} for n in nodes],
         }
 
-    async def events(self, *, since_ns: int | None, until_ns: int | None, filters: Filters) -> AsyncIterator[dict[str, Any]]:
+    async def events(self, *, since_ns: int | None, until_ns: int | None,
+                     filters: Filters) -> AsyncIterator[dict[str, Any]]:
         for t in filters.get("type", []):
             if t not in EVENT_TYPES:
                 raise InvalidArgument(f"invalid filter 'type={t}'")

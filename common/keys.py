@@ -91,3 +91,10 @@ class Keys:
 
     def snapshot_seq(self, node: str) -> str:
         return f"{self.ns}:snap:{node}:seq"
+
+
+def text(value: object) -> str:
+    """A Redis reply (bytes from redis-py without decode_responses) as str."""
+    if isinstance(value, bytes):
+        return value.decode()
+    return str(value)

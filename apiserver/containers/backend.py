@@ -12,7 +12,7 @@ import secrets
 import signal as signal_module
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,7 +96,7 @@ class ContainerBackend:
         try:
             load: Counter[str] = Counter()
             if len(image.nodes) > 1:
-                load = Counter(r.node for r in await self.store.list())
+                load = Counter(r.node for r in await self.store.all())
             node = await self._nodes.place(candidates=image.nodes, load=load)
             config: dict[str, Any] = {
                 "Id": container_id,
@@ -175,8 +175,8 @@ class ContainerBackend:
         except NotFound:
             return rw, rw
 
-    async def list(self, *, all: bool, limit: int, size: bool, filters: Filters) -> list[dict[str, Any]]:
-        records = await self.store.list()
+    async def summaries(self, *, all: bool, limit: int, size: bool, filters: Filters) -> list[dict[str, Any]]:
+        records = await self.store.all()
         now = time.time_ns()
         if not all and not filters.get("status") and not filters.get("exited") and limit <= 0:
             records = [r for r in records if r.running]
@@ -302,7 +302,7 @@ class ContainerBackend:
                 f"cannot kill container: {record.id}: container {record.id} is not running") from None
         await self._event(record, "kill", signal=str(sig))
 
-    async def wait(self, ref: str, condition: str) -> AsyncIterator[WaitResult]:
+    async def wait(self, ref: str, condition: str) -> AsyncGenerator[WaitResult, None]:
         """An iterator whose first step registers the waiter (so the route can send headers right
         after) and whose second yields the result."""
         if condition == "":
@@ -312,7 +312,7 @@ class ContainerBackend:
         record = await self.store.resolve(ref)
         return self._wait(record, condition)
 
-    async def _wait(self, record: ContainerRecord, condition: str) -> AsyncIterator[WaitResult]:
+    async def _wait(self, record: ContainerRecord, condition: str) -> AsyncGenerator[WaitResult, None]:
         wanted = {"destroy"} if condition == "removed" else {"die"}
         track = {"die", "destroy"}
 
@@ -385,7 +385,7 @@ class ContainerBackend:
     async def auto_remove_forever(self) -> None:
         """Remove ``--rm`` containers when they exit (one API server claims each exit)."""
         async with self._bus.subscribe(lambda e: e.type == "container" and e.action == "die") as sub:
-            for record in await self.store.list():
+            for record in await self.store.all():
                 if not record.running and record.state and record.config["HostConfig"].get("AutoRemove"):
                     await self._auto_remove(record.id)
             while True:
@@ -409,7 +409,7 @@ class ContainerBackend:
     async def stop_node(self, node_id: str, max_timeout: int) -> None:
         """Stop every running container of ``node_id`` (daemon shutdown, as dockerd without
         live-restore), each with its own stop signal and timeout capped at ``max_timeout``."""
-        records = [r for r in await self.store.list() if r.node == node_id and r.running]
+        records = [r for r in await self.store.all() if r.node == node_id and r.running]
         if not records:
             return
         log.info("stopping_containers", node=node_id, count=len(records))

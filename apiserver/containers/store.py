@@ -12,7 +12,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from common.keys import Keys
+from common.keys import Keys, text
 from protos.errors import ContainerNotFound, InvalidArgument, NameConflict
 
 
@@ -39,7 +39,7 @@ class ContainerRecord:
         return self.status in ("running", "paused")
 
 
-def _decode(id: str, raw: dict[bytes, bytes]) -> ContainerRecord | None:
+def _decode(id: str, raw: Any) -> ContainerRecord | None:
     if b"config" not in raw:
         return None
     state = json.loads(raw[b"state"]) if b"state" in raw else {}
@@ -63,7 +63,7 @@ class ContainerStore:
     async def reserve_name(self, name: str, id: str) -> None:
         if not await self._redis.hsetnx(self._keys.names, name, id):
             owner = await self._redis.hget(self._keys.names, name)
-            owner_id = owner.decode() if owner else "unknown"
+            owner_id = text(owner) if owner else "unknown"
             raise NameConflict(
                 f'Conflict. The container name "/{name}" is already in use by container "{owner_id}". '
                 "You have to remove (or rename) that container to be able to reuse that name.")
@@ -99,18 +99,18 @@ class ContainerStore:
                 return record
         owner = await self._redis.hget(self._keys.names, ref_name)
         if owner is not None:
-            return await self.get(owner.decode())
+            return await self.get(text(owner))
         if all(c in "0123456789abcdef" for c in ref):
             ids = await self._redis.zrangebylex(self._keys.containers_lex, f"[{ref}", f"[{ref}\xff", start=0, num=2)
             if len(ids) > 1:
                 raise InvalidArgument(f"multiple IDs found with provided prefix: {ref}")
             if ids:
-                return await self.get(ids[0].decode())
+                return await self.get(text(ids[0]))
         raise ContainerNotFound(f"No such container: {ref}")
 
-    async def list(self) -> list[ContainerRecord]:
+    async def all(self) -> list[ContainerRecord]:
         """Every container, newest first."""
-        ids = [i.decode() for i in await self._redis.zrevrange(self._keys.containers, 0, -1)]
+        ids = [text(i) for i in await self._redis.zrevrange(self._keys.containers, 0, -1)]
         if not ids:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:

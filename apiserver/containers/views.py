@@ -113,7 +113,8 @@ def _network_settings() -> dict[str, Any]:
     }
 
 
-def inspect_view(record: ContainerRecord, *, size_rw: int | None = None, size_rootfs: int | None = None) -> dict[str, Any]:
+def inspect_view(record: ContainerRecord, *, size_rw: int | None = None,
+                 size_rootfs: int | None = None) -> dict[str, Any]:
     cfg = record.config
     out: dict[str, Any] = {
         "Id": record.id,

@@ -43,13 +43,14 @@ LIST_FILTERS = ("dangling", "label", "before", "since", "reference", "until")
 def chain_ids(diff_ids: list[str]) -> list[str]:
     chain: list[str] = []
     for diff_id in diff_ids:
-        chain.append(diff_id if not chain else "sha256:" + hashlib.sha256(f"{chain[-1]} {diff_id}".encode()).hexdigest())
+        parent = chain[-1] if chain else ""
+        chain.append(diff_id if not parent else "sha256:" + hashlib.sha256(f"{parent} {diff_id}".encode()).hexdigest())
     return chain
 
 
 def _layer_refs(record: ImageRecord) -> tuple[LayerRef, ...]:
-    return tuple(LayerRef(digest=l["digest"], diff_id=l["diff_id"], media_type=l.get("media_type", ""),
-                          size=int(l.get("size", 0))) for l in record.layers)
+    return tuple(LayerRef(digest=layer["digest"], diff_id=layer["diff_id"], media_type=layer.get("media_type", ""),
+                          size=int(layer.get("size", 0))) for layer in record.layers)
 
 
 class ImageBackend:
@@ -66,12 +67,12 @@ class ImageBackend:
         await append_event(self._redis, self._keys, "image", action, id if not name else name, attrs)
 
     # -- read --------------------------------------------------------------------------------------
-    async def list(self, *, all: bool, filters: Filters, shared_size: bool = False) -> list[dict[str, Any]]:
-        records = await self.store.list()
+    async def summaries(self, *, all: bool, filters: Filters) -> list[dict[str, Any]]:
+        records = await self.store.all()
         tags = await self.store.tags_by_image()
         digests = await self.store.digests_by_image()
         usage: dict[str, int] = {}
-        for c in await self._containers.list():
+        for c in await self._containers.all():
             usage[c.config["Image"]] = usage.get(c.config["Image"], 0) + 1
         records = await self._filter(records, tags, filters)
         patterns = filters.get("reference", [])
@@ -83,7 +84,8 @@ class ImageBackend:
         return [views.summary(r, shown(tags.get(r.id, [])), digests.get(r.id, []), usage.get(r.id, 0))
                 for r in records]
 
-    async def _filter(self, records: list[ImageRecord], tags: dict[str, list[str]], filters: Filters) -> list[ImageRecord]:
+    async def _filter(self, records: list[ImageRecord], tags: dict[str, list[str]],
+                      filters: Filters) -> list[ImageRecord]:
         if not filters:
             return records
         for v in filters.get("dangling", []):
@@ -164,7 +166,7 @@ class ImageBackend:
             if len(refs) > 1 and not force:
                 raise Conflict(f"conflict: unable to delete {_short(record.id)} (must be forced) - image is "
                                "referenced in multiple repositories")
-        users = [c for c in await self._containers.list() if c.config["Image"] == record.id]
+        users = [c for c in await self._containers.all() if c.config["Image"] == record.id]
         running = [c for c in users if c.running]
         if running:
             if quiet:
@@ -193,7 +195,7 @@ class ImageBackend:
 
     async def _release_layers(self, record: ImageRecord, *, keep_in_use: bool) -> list[str]:
         """Remove the image's snapshots and blobs from each node, keeping what other images use."""
-        others = [r for r in await self.store.list() if r.id != record.id]
+        others = [r for r in await self.store.all() if r.id != record.id]
         removed: list[str] = []
         for node in record.nodes:
             try:
@@ -203,7 +205,7 @@ class ImageBackend:
                 continue
             on_node = [r for r in others if node in r.nodes]
             used_chains = {c for r in on_node for c in chain_ids(r.diff_ids)}
-            used_blobs = {r.id for r in on_node} | {l["digest"] for r in on_node for l in r.layers}
+            used_blobs = {r.id for r in on_node} | {layer["digest"] for r in on_node for layer in r.layers}
             for chain in reversed(chain_ids(record.diff_ids)):
                 if chain in used_chains:
                     break
@@ -214,7 +216,7 @@ class ImageBackend:
                     continue
                 except FailedPrecondition:
                     break  # a container's layer still sits on it
-            for digest in [record.id, *(l["digest"] for l in record.layers)]:
+            for digest in [record.id, *(layer["digest"] for layer in record.layers)]:
                 if digest not in used_blobs:
                     try:
                         await host.content.delete(digest)
@@ -234,10 +236,10 @@ class ImageBackend:
 
             until_ns = unix_ns(filters["until"][0])
         tags = await self.store.tags_by_image()
-        used = {c.config["Image"] for c in await self._containers.list()}
+        used = {c.config["Image"] for c in await self._containers.all()}
         deleted: list[dict[str, str]] = []
         reclaimed = 0
-        for record in await self.store.list():
+        for record in await self.store.all():
             if record.id in used or (dangling_only and tags.get(record.id)):
                 continue
             if until_ns is not None and _created_ns(record.config) >= until_ns:
@@ -260,10 +262,10 @@ class ImageBackend:
         """``GET /system/df``: images with shared sizes, containers with their writable layers."""
         from apiserver.containers import views as container_views
 
-        records = await self.store.list()
+        records = await self.store.all()
         tags = await self.store.tags_by_image()
         digests = await self.store.digests_by_image()
-        containers = await self._containers.list()
+        containers = await self._containers.all()
         usage: dict[str, int] = {}
         for c in containers:
             usage[c.config["Image"]] = usage.get(c.config["Image"], 0) + 1
@@ -293,7 +295,8 @@ class ImageBackend:
             image_size = next((r.size for r in records if r.id == c.config["Image"]), 0)
             item["SizeRootFs"] = rw + image_size
             container_items.append(item)
-        return {"LayersSize": sum(layer_size.values()), "Images": images, "Containers": container_items, "Volumes": [], "BuildCache": []}
+        return {"LayersSize": sum(layer_size.values()), "Images": images, "Containers": container_items,
+                "Volumes": [], "BuildCache": []}
 
     async def _chain_usage(self, record: ImageRecord, chain: str) -> int:
         for node in sorted(record.nodes):
@@ -316,8 +319,9 @@ class ImageBackend:
             config = json.loads(image.config)
             record = ImageRecord(
                 id=image.id, config=config,
-                layers=[{"digest": l.digest, "diff_id": l.diff_id, "media_type": l.media_type, "size": l.size}
-                        for l in image.layers],
+                layers=[{"digest": layer.digest, "diff_id": layer.diff_id, "media_type": layer.media_type,
+                         "size": layer.size}
+                        for layer in image.layers],
                 chain_id=image.chain_id, size=image.size, raw_config=image.config)
             await self.store.add(record, node, _created_ns(config))
             if not image.repo_tags:

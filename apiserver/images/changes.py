@@ -42,7 +42,9 @@ def _pairs(rest: str, what: str) -> dict[str, str]:
     for word in words:
         key, sep, value = word.partition("=")
         if not sep or not key:
-            raise InvalidArgument(f"{what} names can not be blank" if not key else f"Syntax error - can't find = in \"{word}\". Must be of the form: name=value")
+            if not key:
+                raise InvalidArgument(f"{what} names can not be blank")
+            raise InvalidArgument(f"Syntax error - can't find = in \"{word}\". Must be of the form: name=value")
         out[key] = value
     return out
 

@@ -22,7 +22,7 @@ from apiserver.images.progress import progress_message, status
 from apiserver.images.store import ImageRecord, ImageStore
 from apiserver.nodes import NodeDirectory
 from common.events import append_event
-from common.keys import Keys
+from common.keys import Keys, text
 from protos.errors import BerthError, ImageNotFound, InvalidArgument
 from registry_client import reference
 from registry_client.auth import Credentials, decode_registry_auth
@@ -64,8 +64,8 @@ def _repo_path(ref: Reference) -> str:
 def host_record(image: HostImage) -> ImageRecord:
     return ImageRecord(
         id=image.id, config=json.loads(image.config),
-        layers=[{"digest": l.digest, "diff_id": l.diff_id, "media_type": l.media_type, "size": l.size}
-                for l in image.layers],
+        layers=[{"digest": layer.digest, "diff_id": layer.diff_id, "media_type": layer.media_type, "size": layer.size}
+                for layer in image.layers],
         chain_id=image.chain_id, size=image.size, raw_config=image.config)
 
 
@@ -125,7 +125,7 @@ class DistributionBackend:
         previous = None
         if ref.tag:
             owner = await self._redis.hget(self._keys.tags, ref.canonical)
-            previous = owner.decode() if owner else None
+            previous = text(owner) if owner else None
         await self._store.add(record, node, _created_ns(record.config))
         if ref.tag:
             await self._store.tag(ref.canonical, record.id)
@@ -168,8 +168,8 @@ class DistributionBackend:
             host = await self._nodes.host(sorted(record.nodes)[0])
             tags = [target.familiar]
             image = ExportImage(id=record.id, repo_tags=tuple(tags), layers=tuple(
-                LayerRef(digest=l["digest"], diff_id=l["diff_id"], media_type=l.get("media_type", ""),
-                         size=int(l.get("size", 0))) for l in record.layers))
+                LayerRef(digest=layer["digest"], diff_id=layer["diff_id"], media_type=layer.get("media_type", ""),
+                         size=int(layer.get("size", 0))) for layer in record.layers))
             async for event in host.images.push(image, target.canonical, auth):
                 if isinstance(event, PushResult):
                     await self._redis.hset(self._keys.digests, f"{target.repository}@{event.digest}", record.id)

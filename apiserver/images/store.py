@@ -13,7 +13,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from common.keys import Keys
+from common.keys import Keys, text
 from protos.errors import ImageNotFound, InvalidArgument
 from registry_client import reference
 
@@ -43,7 +43,7 @@ def _decode(id: str, raw: dict[bytes, bytes], nodes: set[bytes]) -> ImageRecord 
     return ImageRecord(
         id=id, config=json.loads(raw[b"config"]), layers=json.loads(raw.get(b"layers", b"[]")),
         chain_id=raw.get(b"chain_id", b"").decode(), size=int(raw.get(b"size", b"0")),
-        raw_config=raw[b"config"], nodes={n.decode() for n in nodes})
+        raw_config=raw[b"config"], nodes={text(n) for n in nodes})
 
 
 _MOVE_TAG = """
@@ -108,7 +108,7 @@ class ImageStore:
             else:
                 owner = await self._redis.hget(self._keys.tags, parsed.with_default_tag().canonical)
             if owner is not None:
-                return await self.get(owner.decode())
+                return await self.get(text(owner))
         if all(c in "0123456789abcdef" for c in ref) and ref:
             return await self._by_prefix(ref)
         if parsed is None:
@@ -127,13 +127,13 @@ class ImageStore:
             raise InvalidArgument(f"multiple IDs found with provided prefix: {prefix}")
         if not hits:
             return None
-        return await self.get("sha256:" + hits[0].decode())
+        return await self.get("sha256:" + text(hits[0]))
 
     async def tag(self, canonical: str, id: str) -> str | None:
         """Point ``canonical`` (``docker.io/library/busybox:latest``) at ``id``; returns the id
         it pointed at before (None if new)."""
         old = await self._redis.eval(_MOVE_TAG, 1, self._keys.tags, canonical, id)
-        return old.decode() if old else None
+        return text(old) if old else None
 
     async def untag(self, canonical: str, id: str) -> bool:
         return bool(await self._redis.eval(_REMOVE_TAG_IF, 1, self._keys.tags, canonical, id))
@@ -142,7 +142,7 @@ class ImageStore:
         """Image id → canonical tags (sorted)."""
         out: dict[str, list[str]] = {}
         for ref, id in (await self._redis.hgetall(self._keys.tags)).items():
-            out.setdefault(id.decode(), []).append(ref.decode())
+            out.setdefault(text(id), []).append(text(ref))
         for refs in out.values():
             refs.sort()
         return out
@@ -150,12 +150,12 @@ class ImageStore:
     async def digests_by_image(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         for ref, id in (await self._redis.hgetall(self._keys.digests)).items():
-            out.setdefault(id.decode(), []).append(ref.decode())
+            out.setdefault(text(id), []).append(text(ref))
         return out
 
-    async def list(self) -> list[ImageRecord]:
+    async def all(self) -> list[ImageRecord]:
         """Every image, newest first."""
-        ids = [i.decode() for i in await self._redis.zrevrange(self._keys.images, 0, -1)]
+        ids = [text(i) for i in await self._redis.zrevrange(self._keys.images, 0, -1)]
         if not ids:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:

@@ -60,7 +60,7 @@ def inspect(record: ImageRecord, tags: list[str], digests: list[str]) -> dict[st
 def history(record: ImageRecord, tags: list[str]) -> list[dict[str, Any]]:
     """Newest first; the top entry carries the image id and tags, others ``<missing>``."""
     entries = list(record.config.get("history") or [])
-    layer_sizes = [int(l.get("size", 0)) for l in record.layers]
+    layer_sizes = [int(layer.get("size", 0)) for layer in record.layers]
     out: list[dict[str, Any]] = []
     layer_index = 0
     for entry in entries:

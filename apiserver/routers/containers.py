@@ -59,7 +59,7 @@ async def post_containers_create(request: web.Request) -> web.StreamResponse:
 
 async def get_containers_json(request: web.Request) -> web.StreamResponse:
     filters = parse_filters(request.query.get("filters"), LIST_FILTERS)
-    items = await _backend(request).list(
+    items = await _backend(request).summaries(
         all=bool_value(request, "all"), limit=int_value(request, "limit", -1),
         size=bool_value(request, "size"), filters=filters)
     return json_response(items)

@@ -35,7 +35,7 @@ async def get_images_json(request: web.Request) -> web.StreamResponse:
     filters = parse_filters(request.query.get("filters"), LIST_FILTERS)
     if request.query.get("filter"):  # the pre-1.25 way to filter by reference
         filters.setdefault("reference", []).append(request.query["filter"])
-    return json_response(await _backend(request).list(all=bool_value(request, "all"), filters=filters))
+    return json_response(await _backend(request).summaries(all=bool_value(request, "all"), filters=filters))
 
 
 async def get_image_json(request: web.Request) -> web.StreamResponse:

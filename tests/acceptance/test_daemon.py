@@ -34,7 +34,8 @@ def _raw(sock: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
     return status, headers, body
 
 
-def _get(sock: str, path: str, method: str = "GET", body: bytes = b"", ctype: str = "") -> tuple[int, dict[str, str], bytes]:
+def _get(sock: str, path: str, method: str = "GET", body: bytes = b"",
+         ctype: str = "") -> tuple[int, dict[str, str], bytes]:
     extra = f"Content-Type: {ctype}\r\n" if ctype else ""
     req = (f"{method} {path} HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n{extra}"
            f"Content-Length: {len(body)}\r\n\r\n").encode() + body

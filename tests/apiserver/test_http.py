@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
 from apiserver.app import add_route, build_app
-from apiserver.hijack import RAW_STREAM, EngineRunner, DetachScanner, frame, hijack, parse_detach_keys
+from apiserver.hijack import RAW_STREAM, DetachScanner, EngineRunner, frame, hijack, parse_detach_keys
 from apiserver.httputil import bool_value, parse_filters
 from protos.errors import InvalidArgument
 

@@ -68,7 +68,7 @@ class Berthd:
         cfg = self.root / "daemon.json"
         if not cfg.exists():
             cfg.write_text("{}")
-        log = open(self.log_path, "ab")  # noqa: SIM115
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                      cwd=REPO, start_new_session=True)
         log.close()
