@@ -1,0 +1,1 @@
+"""The classic builder (POST /build): Dockerfile parsing, context handling, the build engine."""
