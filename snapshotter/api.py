@@ -45,9 +45,9 @@ from typing import Protocol
 
 from common.mounts import Mount
 
-__all__ = ["MAX_DEPTH", "BlobInfo", "ContentStore", "ExportImage", "ImageRecord", "Images", "Info",
-           "Kind", "LayerRef", "Mount", "Progress", "PullResult", "PushResult", "RegistryAuth", "Snapshotter",
-           "Usage"]
+__all__ = ["MAX_DEPTH", "BlobInfo", "Change", "ChangeKind", "CommitResult", "ContentStore", "ExportImage",
+           "ImageRecord", "Images", "Info", "Kind", "LayerRef", "Mount", "PathStat", "Progress", "PullResult",
+           "PushResult", "RegistryAuth", "Snapshotter", "Usage"]
 
 # Docker's overlay2 limit; deeper chains are rejected when preparing a child.
 MAX_DEPTH = 128
@@ -109,6 +109,42 @@ class ImageRecord:
     size: int
 
 
+class ChangeKind(enum.IntEnum):
+    """Docker's ``ContainerChangeType``: what ``docker diff`` prints as C, A, D."""
+
+    MODIFIED = 0
+    ADDED = 1
+    DELETED = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    path: str  # absolute, as docker diff shows it
+    kind: ChangeKind
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    """A snapshot's own changes as a layer: ``layer`` is None when there were none (an empty
+    layer, as ENV/CMD steps give); ``chain_id`` names the committed snapshot holding the result
+    (the parent's chain id for an empty layer)."""
+
+    layer: LayerRef | None
+    chain_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PathStat:
+    """What ``X-Docker-Container-Path-Stat`` carries (base64 JSON): name, size, mode (Go's
+    os.FileMode bits), mtime (RFC3339), and the link target for symlinks."""
+
+    name: str
+    size: int
+    mode: int
+    mtime: str
+    link_target: str = ""
+
+
 class Snapshotter(Protocol):
     """containerd-style snapshots over overlayfs. Every method is safe to call concurrently."""
 
@@ -151,6 +187,12 @@ class Snapshotter(Protocol):
 
     async def cleanup(self) -> int:
         """Delete directories no metadata refers to; returns how many were removed."""
+        ...
+
+    async def changes(self, key: str) -> list[Change]:
+        """What ``docker diff`` shows for active snapshot ``key`` against its parent, sorted by
+        path: added, modified (including metadata-only changes) and deleted (whiteouts and
+        opaque directories) entries."""
         ...
 
 
@@ -259,6 +301,31 @@ class Images(Protocol):
         """Push ``image`` (stored on this host) as ``reference``: blobs the registry has are
         skipped (HEAD), others mounted across repositories when possible, else uploaded; then
         the manifest. Yields progress, then exactly one ``PushResult``."""
+        ...
+
+    async def commit_layer(self, key: str, *, consume: bool = False) -> CommitResult:
+        """Turn the changes of active snapshot ``key`` into a layer: a tar with OCI whiteouts
+        stored in the content store (gzip for registries is the pusher's business) and a committed
+        snapshot named by the new chain id. With ``consume`` the active snapshot itself becomes that
+        committed snapshot (a build's RUN container is done with it); without, it stays usable (docker
+        commit of a running container)."""
+        ...
+
+    async def apply_tar(self, key: str, chunks: AsyncIterator[bytes], dest: str = "/", *,
+                        no_overwrite_dir_non_dir: bool = False) -> None:
+        """Extract a tar onto the mounted filesystem of active snapshot ``key`` under ``dest``, with
+        every path resolved inside that filesystem (symlinks cannot lead out), as COPY/ADD and
+        ``docker cp`` into a stopped container need. Ownership and modes are taken from the tar."""
+        ...
+
+    async def stat_path(self, key: str, path: str) -> PathStat:
+        """Stat ``path`` inside the mounted filesystem of snapshot ``key`` (resolved inside it)."""
+        ...
+
+    def read_tar(self, key: str, path: str) -> AsyncIterator[bytes]:
+        """A tar of ``path`` (file or directory, named by its base name) from the mounted
+        filesystem of snapshot ``key``: ``docker cp`` out of a stopped container, and with
+        ``path="/"`` the whole filesystem for ``docker export``."""
         ...
 
     async def import_rootfs(self, chunks: AsyncIterator[bytes], config: bytes) -> ImageRecord:
