@@ -14,14 +14,17 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
 import structlog
 
 from apiserver.app import build_app
+from apiserver.build.engine import BuildCache, Builder
 from apiserver.config import ConfigError, DaemonConfig
 from apiserver.containers.backend import ContainerBackend
 from apiserver.containers.store import ContainerStore
@@ -34,6 +37,7 @@ from apiserver.listen import start_sites, validate_listeners
 from apiserver.nodes import NodeDirectory
 from apiserver.processes import ManagedProcess
 from apiserver.remote import connect_remote
+from apiserver.routers import build as build_router
 from apiserver.routers import containers as containers_router
 from apiserver.routers import images as images_router
 from apiserver.routers import system as system_router
@@ -42,6 +46,7 @@ from common import redis_server
 from common.keys import Keys
 from common.nodes import load_or_create_node_id
 from protos.rpc import insecure_channel
+from snapshotter.api import RegistryAuth
 
 log = structlog.get_logger()
 
@@ -172,7 +177,17 @@ class Daemon:
         system = SystemBackend(containers=container_store, images=image_store, nodes=directory, bus=bus,
                                daemon_id=daemon_id, data_root=str(cfg.data_root), debug=cfg.debug,
                                labels=cfg.labels)
-        app = build_app([system_router.register, containers_router.register, images_router.register])
+        async def pull_for_build(ref: str, auth: RegistryAuth) -> AsyncIterator[dict[str, Any]]:
+            async for message in await distribution.pull(ref, "", auth):
+                yield message
+
+        def new_builder() -> Builder:
+            return Builder(images=image_store, nodes=directory, cache=BuildCache(redis, f"{keys.ns}:build:cache"),
+                           pull=pull_for_build)
+
+        app = build_app([system_router.register, containers_router.register, images_router.register,
+                         build_router.register])
+        app[build_router.BUILDER] = new_builder
         app[system_router.SYSTEM] = system
         app[containers_router.CONTAINERS] = containers
         app[images_router.IMAGES] = images

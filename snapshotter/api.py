@@ -145,6 +145,10 @@ class PathStat:
     link_target: str = ""
 
 
+# An alias, because ``Snapshotter.list`` shadows the builtin inside the class body.
+ChangeList = list[Change]
+
+
 class Snapshotter(Protocol):
     """containerd-style snapshots over overlayfs. Every method is safe to call concurrently."""
 
@@ -189,7 +193,7 @@ class Snapshotter(Protocol):
         """Delete directories no metadata refers to; returns how many were removed."""
         ...
 
-    async def changes(self, key: str) -> list[Change]:
+    async def changes(self, key: str) -> ChangeList:
         """What ``docker diff`` shows for active snapshot ``key`` against its parent, sorted by
         path: added, modified (including metadata-only changes) and deleted (whiteouts and
         opaque directories) entries."""

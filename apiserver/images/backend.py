@@ -74,6 +74,10 @@ class ImageBackend:
         usage: dict[str, int] = {}
         for c in await self._containers.all():
             usage[c.config["Image"]] = usage.get(c.config["Image"], 0) + 1
+        if not all:
+            # intermediate images (untagged parents of other images) only show with -a
+            parents = {r.parent for r in records if r.parent}
+            records = [r for r in records if tags.get(r.id) or r.id not in parents]
         records = await self._filter(records, tags, filters)
         patterns = filters.get("reference", [])
 
@@ -166,6 +170,11 @@ class ImageBackend:
             if len(refs) > 1 and not force:
                 raise Conflict(f"conflict: unable to delete {_short(record.id)} (must be forced) - image is "
                                "referenced in multiple repositories")
+        if any(r.parent == record.id for r in await self.store.all()):
+            if quiet:
+                return results
+            raise Conflict(f"conflict: unable to delete {_short(record.id)} (cannot be forced) - image has "
+                           "dependent child images")
         users = [c for c in await self._containers.all() if c.config["Image"] == record.id]
         running = [c for c in users if c.running]
         if running:
@@ -191,7 +200,23 @@ class ImageBackend:
         for layer in await self._release_layers(record, keep_in_use=bool(users)):
             results.append({"Deleted": layer})
         await self._event("delete", record.id)
+        if prune and record.parent:
+            results.extend(await self._prune_parent(record.parent))
         return results
+
+    async def _prune_parent(self, parent_id: str) -> list[dict[str, str]]:
+        """Like moby: deleting an image also deletes its untagged parents that nothing else needs."""
+        try:
+            parent = await self.store.get(parent_id)
+        except ImageNotFound:
+            return []
+        if (await self.store.tags_by_image()).get(parent.id):
+            return []
+        if any(r.parent == parent.id for r in await self.store.all()):
+            return []
+        if any(c.config["Image"] == parent.id for c in await self._containers.all()):
+            return []
+        return await self.remove(parent.id, prune=True)
 
     async def _release_layers(self, record: ImageRecord, *, keep_in_use: bool) -> list[str]:
         """Remove the image's snapshots and blobs from each node, keeping what other images use."""
@@ -239,8 +264,12 @@ class ImageBackend:
         used = {c.config["Image"] for c in await self._containers.all()}
         deleted: list[dict[str, str]] = []
         reclaimed = 0
-        for record in await self.store.all():
+        # Children first, so a build's chain of intermediates goes in one prune.
+        records = await self.store.all()
+        for record in records:
             if record.id in used or (dangling_only and tags.get(record.id)):
+                continue
+            if any(r.parent == record.id for r in await self.store.all()):
                 continue
             if until_ns is not None and _created_ns(record.config) >= until_ns:
                 continue

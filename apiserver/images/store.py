@@ -27,6 +27,7 @@ class ImageRecord:
     size: int
     raw_config: bytes = b""
     nodes: set[str] = field(default_factory=set)
+    parent: str = ""  # the image a build step started from (intermediate images)
 
     @property
     def created(self) -> str:
@@ -43,7 +44,7 @@ def _decode(id: str, raw: dict[bytes, bytes], nodes: set[bytes]) -> ImageRecord 
     return ImageRecord(
         id=id, config=json.loads(raw[b"config"]), layers=json.loads(raw.get(b"layers", b"[]")),
         chain_id=raw.get(b"chain_id", b"").decode(), size=int(raw.get(b"size", b"0")),
-        raw_config=raw[b"config"], nodes={text(n) for n in nodes})
+        raw_config=raw[b"config"], nodes={text(n) for n in nodes}, parent=text(raw.get(b"parent", b"")))
 
 
 _MOVE_TAG = """
@@ -71,7 +72,7 @@ class ImageStore:
         new = bool(await self._redis.hsetnx(key, "config", record.raw_config))
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping={"layers": json.dumps(record.layers), "chain_id": record.chain_id,
-                                    "size": str(record.size)})
+                                    "size": str(record.size), "parent": record.parent})
             pipe.sadd(self._keys.image_nodes(record.id), node)
             pipe.zadd(self._keys.images, {record.id: created_ns}, nx=True)
             pipe.zadd(self._keys.images_lex, {record.id.removeprefix("sha256:"): 0})
