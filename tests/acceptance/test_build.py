@@ -35,7 +35,8 @@ def test_metadata_build_cache_and_config(dkr: Docker, loaded: str, tmp_path: Pat
     assert first.returncode == 0, first.stderr
     lines = first.stdout.splitlines()
     assert lines[0].startswith("Sending build context to Docker daemon")
-    assert "Step 1/9 : FROM busybox" in lines and "Step 9/9 : CMD [\"sh\", \"-c\", \"echo $GREETING from $(pwd)\"]" in lines
+    assert "Step 1/9 : FROM busybox" in lines
+    assert 'Step 9/9 : CMD ["sh", "-c", "echo $GREETING from $(pwd)"]' in lines
     assert lines[-1] == "Successfully tagged berth-test/meta:1"
     built = lines[-2].removeprefix("Successfully built ")
     try:
