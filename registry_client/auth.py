@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 import time
@@ -63,7 +64,8 @@ def parse_challenges(header: str) -> list[Challenge]:
             if rest.startswith(","):
                 rest = rest[1:].lstrip()
                 # a new challenge starts when the next token is followed by a space, not "="
-                if re.match(r"[A-Za-z][A-Za-z0-9_-]*\s+[A-Za-z]", rest) or re.match(r"[A-Za-z][A-Za-z0-9_-]*\s*$", rest):
+                if re.match(r"[A-Za-z][A-Za-z0-9_-]*\s+[A-Za-z]", rest) \
+                        or re.match(r"[A-Za-z][A-Za-z0-9_-]*\s*$", rest):
                     break
             else:
                 break
@@ -100,19 +102,33 @@ class _Token:
 
 
 class TokenCache:
-    """Bearer tokens per (realm, service, scope), valid until shortly before they expire."""
+    """Bearer tokens per (account, realm, service, scope), valid until shortly before they expire.
+
+    ``account`` keeps one caller's token from answering another caller's request: a client shared
+    by many pulls must never hand user A's grant to user B (or to an anonymous pull)."""
 
     def __init__(self) -> None:
-        self._tokens: dict[tuple[str, str, str], _Token] = {}
+        self._tokens: dict[tuple[str, str, str, str], _Token] = {}
 
-    def get(self, realm: str, service: str, scope: str) -> str | None:
-        token = self._tokens.get((realm, service, scope))
+    def get(self, realm: str, service: str, scope: str, account: str = "") -> str | None:
+        token = self._tokens.get((account, realm, service, scope))
         if token is None or token.expires <= time.monotonic():
             return None
         return token.value
 
     def put(self, realm: str, service: str, scope: str, value: str, expires_in: float | None,
-            issued_at: float | None = None) -> None:
+            issued_at: float | None = None, account: str = "") -> None:
         ttl = expires_in if expires_in and expires_in > 0 else DEFAULT_TOKEN_TTL
+        now = time.monotonic()
+        for key in [k for k, t in self._tokens.items() if t.expires <= now]:
+            del self._tokens[key]  # expired tokens of past callers must not accumulate
         # keep a margin so a token never expires on the wire
-        self._tokens[(realm, service, scope)] = _Token(value, time.monotonic() + max(1.0, ttl - 5.0))
+        self._tokens[(account, realm, service, scope)] = _Token(value, now + max(1.0, ttl - 5.0))
+
+
+def account_key(creds: Credentials) -> str:
+    """A stable, non-reversible name for a set of credentials ("" for anonymous)."""
+    if creds.empty:
+        return ""
+    raw = "\0".join((creds.username, creds.password, creds.identity_token, creds.registry_token))
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]

@@ -11,17 +11,28 @@ What it does and why:
 * 401 answers are turned into Basic or Bearer auth (token per scope, cached); 429 and 503 are
   retried honouring ``Retry-After``; redirects (blob storage) never carry our ``Authorization``.
 * Plain HTTP is used only for registries the caller calls insecure (loopback by default, as
-  dockerd does), after HTTPS failed.
+  dockerd does), after HTTPS failed. TLS settings per registry (extra CAs, client certificates,
+  no verification for insecure ones) come from ``tls`` (see :mod:`registry_client.hosts`).
+* Every cache of credentials (Basic headers, tokens, the last ``Authorization`` per scope) is
+  keyed by the caller's account, so one client can serve many users' pulls.
+* A token is asked for the union of the scopes the challenge names and the scopes we need (one
+  ``scope`` parameter each): a cross-repository mount needs pull on the source repository in the
+  same token as push on the target.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import random
+import re
+import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
@@ -35,7 +46,8 @@ from protos.errors import (
     Unauthenticated,
     Unavailable,
 )
-from registry_client.auth import ANONYMOUS, Credentials, TokenCache, basic_header, parse_challenges
+from registry_client import platforms
+from registry_client.auth import ANONYMOUS, Credentials, TokenCache, account_key, basic_header, parse_challenges
 from registry_client.reference import DEFAULT_DOMAIN, Reference
 
 log = structlog.get_logger()
@@ -50,6 +62,10 @@ INDEX_TYPES = (MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST)
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 DOCKER_HUB_REGISTRY = "registry-1.docker.io"
 _RETRY_STATUSES = (429, 502, 503, 504)
+# A blob download that receives nothing for this long is broken off and resumed with Range.
+BLOB_READ_TIMEOUT = 60.0
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+TLSProvider = Callable[[str], Awaitable[ssl.SSLContext]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +94,12 @@ def registry_host(domain: str) -> str:
 
 
 def _sha256(data: bytes) -> str:
-    import hashlib
-
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _upload_scope(ref: Reference, mount_from: str = "") -> str:
+    scope = f"repository:{ref.path}:pull,push"
+    return f"{scope} repository:{mount_from}:pull" if mount_from else scope
 
 
 def _registry_error(body: bytes) -> tuple[str, str]:
@@ -95,14 +114,22 @@ def _registry_error(body: bytes) -> tuple[str, str]:
 
 class RegistryClient:
     def __init__(self, session: aiohttp.ClientSession, *, insecure: Callable[[str], bool],
-                 tokens: TokenCache | None = None, retries: int = 3) -> None:
+                 tokens: TokenCache | None = None, retries: int = 3, tls: TLSProvider | None = None) -> None:
         self._session = session
         self._insecure = insecure
         self._tokens = tokens or TokenCache()
         self._retries = retries
+        self._tls = tls
         self._schemes: dict[str, str] = {}
-        self._basic: dict[str, str] = {}  # host → Basic header, once a registry asked for Basic
-        self._auth: dict[tuple[str, str], str] = {}  # (host, scope) → last Authorization that worked
+        self._basic: dict[tuple[str, str], str] = {}  # (host, account) → Basic header, once asked for Basic
+        self._auth: dict[tuple[str, str, str], str] = {}  # (host, scope, account) → last Authorization used
+
+    async def _ssl(self, host: str) -> ssl.SSLContext | bool:
+        return await self._tls(host) if self._tls is not None else True
+
+    def _cached_auth(self, host: str, scope: str, creds: Credentials) -> str | None:
+        account = account_key(creds)
+        return self._auth.get((host, scope, account)) or self._basic.get((host, account))
 
     # -- plumbing ----------------------------------------------------------------------------------
     async def _scheme(self, host: str) -> str:
@@ -112,7 +139,7 @@ class RegistryClient:
             self._schemes[host] = "https"
             return "https"
         try:
-            async with self._session.get(f"https://{host}/v2/", allow_redirects=False,
+            async with self._session.get(f"https://{host}/v2/", allow_redirects=False, ssl=await self._ssl(host),
                                          timeout=aiohttp.ClientTimeout(total=5)) as resp:
                 await resp.read()
             self._schemes[host] = "https"
@@ -134,7 +161,7 @@ class RegistryClient:
                 if creds.empty or not creds.username:
                     raise Unauthenticated("unauthorized: authentication required")
                 header = basic_header(creds)
-                self._basic[host] = header
+                self._basic[(host, account_key(creds))] = header
                 return header
         raise Unauthenticated(f"unsupported authentication challenge from {host}: {challenge_header!r}")
 
@@ -143,25 +170,32 @@ class RegistryClient:
             return creds.registry_token
         realm = params.get("realm", "")
         service = params.get("service", "")
-        scope = params.get("scope", scope)
-        if not realm.startswith(("http://", "https://")):
+        # What the challenge names plus what we need (e.g. pull on a mount's source repository).
+        scopes = list(dict.fromkeys([*params.get("scope", "").split(), *scope.split()]))
+        realm_host = urlsplit(realm).netloc if realm.startswith(("http://", "https://")) else ""
+        if not realm_host:
             raise Unauthenticated(f"invalid token realm {realm!r} from {host}")
-        cached = self._tokens.get(realm, service, scope)
+        account = account_key(creds)
+        cached = self._tokens.get(realm, service, " ".join(scopes), account)
         if cached:
             return cached
-        query = {k: v for k, v in (("service", service), ("scope", scope)) if v}
+        query = [("service", service)] if service else []
+        query += [("scope", s) for s in scopes]
         headers: dict[str, str] = {}
+        timeout = aiohttp.ClientTimeout(total=30)
+        tls = await self._ssl(realm_host)
         try:
             if creds.identity_token:
-                form = {"grant_type": "refresh_token", "refresh_token": creds.identity_token,
-                        "client_id": "docker", **query}
-                ctx = self._session.post(realm, data=form, timeout=aiohttp.ClientTimeout(total=30))
+                form = [("grant_type", "refresh_token"), ("refresh_token", creds.identity_token),
+                        ("client_id", "docker"), *([("service", service)] if service else []),
+                        *([("scope", " ".join(scopes))] if scopes else [])]
+                ctx = self._session.post(realm, data=form, timeout=timeout, ssl=tls)
             else:
                 if creds.username:
                     headers["Authorization"] = basic_header(creds)
-                if not creds.username:
-                    query["client_id"] = "docker"
-                ctx = self._session.get(realm, params=query, headers=headers, timeout=aiohttp.ClientTimeout(total=30))
+                else:
+                    query.append(("client_id", "docker"))
+                ctx = self._session.get(realm, params=query, headers=headers, timeout=timeout, ssl=tls)
             async with ctx as resp:
                 body = await resp.read()
                 if resp.status in (401, 403):
@@ -178,42 +212,50 @@ class RegistryClient:
         if not token:
             raise Unauthenticated(f"token server {realm} returned no token")
         expires = doc.get("expires_in")
-        self._tokens.put(realm, service, scope, str(token), float(expires) if expires else None)
+        try:
+            ttl = float(expires) if expires else None
+        except (TypeError, ValueError):
+            ttl = None
+        self._tokens.put(realm, service, " ".join(scopes), str(token), ttl, account=account)
         return str(token)
 
     async def request(self, method: str, host: str, path: str, *, scope: str, creds: Credentials = ANONYMOUS,
                       headers: dict[str, str] | None = None, data: Any = None, params: dict[str, str] | None = None,
-                      allow_redirects: bool = True, timeout: float | None = 300) -> aiohttp.ClientResponse:
+                      allow_redirects: bool = True, total_time: float | None = 300,
+                      read_time: float | None = None) -> aiohttp.ClientResponse:
         """Send one registry request, answering auth challenges and retrying rate limits. The
         caller must release the response (``async with`` or ``release()``)."""
-        auth: str | None = self._auth.get((host, scope)) or self._basic.get(host)
+        auth = self._cached_auth(host, scope, creds)
         attempt = 0
         retried_auth = False
         url = await self._url(host, path)
+        tls = await self._ssl(host)
+        replayable = data is None or isinstance(data, bytes)
         while True:
             hdrs = dict(headers or {})
             if auth:
                 hdrs["Authorization"] = auth
             try:
                 resp = await self._session.request(
-                    method, url, headers=hdrs, data=data, params=params, allow_redirects=allow_redirects,
-                    timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=30))
+                    method, url, headers=hdrs, data=data, params=params, allow_redirects=allow_redirects, ssl=tls,
+                    timeout=aiohttp.ClientTimeout(total=total_time, sock_connect=30, sock_read=read_time))
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                if attempt < self._retries and data is None:
+                # A certificate the registry will keep presenting is not worth retrying.
+                if attempt < self._retries and replayable and not isinstance(exc, aiohttp.ClientSSLError):
                     attempt += 1
                     await asyncio.sleep(0.2 * attempt)
                     continue
-                raise Unavailable(f'Get "{url}": {exc}') from None
+                raise Unavailable(f'{method.capitalize()} "{url}": {exc}') from None
             if resp.status == 401 and not retried_auth:
                 challenge = resp.headers.get("WWW-Authenticate", "")
                 resp.release()
                 if not challenge:
                     raise Unauthenticated("unauthorized: authentication required")
                 auth = await self._authorize(host, challenge, scope, creds)
-                self._auth[(host, scope)] = auth
+                self._auth[(host, scope, account_key(creds))] = auth
                 retried_auth = True
                 continue
-            if resp.status in _RETRY_STATUSES and attempt < self._retries and data is None:
+            if resp.status in _RETRY_STATUSES and attempt < self._retries and replayable:
                 attempt += 1
                 delay = _retry_after(resp.headers.get("Retry-After"), 0.5 * attempt)
                 resp.release()
@@ -234,6 +276,28 @@ class RegistryClient:
                 raise Unauthenticated(f"login attempt to {resp.url} failed with status: 401 Unauthorized")
             if resp.status >= 400:
                 raise Unavailable(f"login attempt to {resp.url} failed with status: {resp.status}")
+
+    async def resolve_manifest(self, ref: Reference, reference: str, creds: Credentials = ANONYMOUS,
+                               accept: tuple[str, ...] = MANIFEST_TYPES) -> Descriptor | None:
+        """HEAD a manifest by tag or digest: its descriptor from ``Docker-Content-Digest`` and
+        ``Content-Length``, or None when the registry does not send them (then GET it). A HEAD
+        does not count against Docker Hub's pull limit, and a manifest we already hold by digest
+        needs no GET at all."""
+        host = registry_host(ref.domain)
+        resp = await self.request("HEAD", host, f"/v2/{ref.path}/manifests/{reference}",
+                                  scope=f"repository:{ref.path}:pull", creds=creds,
+                                  headers={"Accept": ", ".join(accept)})
+        async with resp:
+            if resp.status >= 400:
+                await self._raise_for(resp, ref, reference, "manifest")
+            digest = resp.headers.get("Docker-Content-Digest", "")
+            length = resp.headers.get("Content-Length", "")
+            media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
+        if not _DIGEST.fullmatch(digest) or not length.isdigit():
+            return None
+        if reference.startswith("sha256:") and digest != reference:
+            return None  # a GET by digest decides, and verifies
+        return Descriptor(media_type=media_type, digest=digest, size=int(length))
 
     async def fetch_manifest(self, ref: Reference, reference: str, creds: Credentials = ANONYMOUS,
                              accept: tuple[str, ...] = MANIFEST_TYPES) -> Manifest:
@@ -263,7 +327,8 @@ class RegistryClient:
                 media_type = str(json.loads(body).get("mediaType") or "")
             except (ValueError, AttributeError):
                 media_type = ""
-        if media_type == MEDIA_DOCKER_SCHEMA1 or media_type.startswith("application/vnd.docker.distribution.manifest.v1"):
+        if media_type == MEDIA_DOCKER_SCHEMA1 or media_type.startswith(
+                "application/vnd.docker.distribution.manifest.v1"):
             raise InvalidArgument("Docker Image Format v1 and Docker Image manifest version 2, schema 1 "
                                   "support has been removed")
         if media_type not in MANIFEST_TYPES:
@@ -293,10 +358,16 @@ class RegistryClient:
         position = offset
         failures = 0
         while True:
+            if 0 <= size <= position:
+                return  # the connection broke after the last byte: nothing left to ask for
             headers = {"Range": f"bytes={position}-"} if position else {}
             resp = await self.request("GET", host, f"/v2/{ref.path}/blobs/{digest}", scope=scope, creds=creds,
-                                      headers=headers, timeout=None)
+                                      headers=headers, total_time=None, read_time=BLOB_READ_TIMEOUT)
             try:
+                if resp.status == 416 and position:
+                    # Nothing left to send from where we are: the blob ends before its descriptor says.
+                    raise Unavailable(f"downloading {digest}: unexpected EOF at {position}"
+                                      + (f" of {size} bytes" if size >= 0 else " bytes"))
                 if resp.status >= 400:
                     await self._raise_for(resp, ref, digest, "blob")
                 skip = position if (position and resp.status == 200) else 0  # server ignored Range
@@ -329,9 +400,9 @@ class RegistryClient:
         code, message = _registry_error(body)
         familiar = ref.familiar_repository
         if resp.status == 404 and what == "manifest" and code in ("MANIFEST_UNKNOWN", ""):
-            raise NotFound(f"manifest for {familiar}:{reference} not found: manifest unknown: {message or 'manifest unknown'}"
-                           if not reference.startswith("sha256:") else
-                           f"manifest for {familiar}@{reference} not found: manifest unknown: {message}")
+            sep = "@" if reference.startswith("sha256:") else ":"
+            raise NotFound(f"manifest for {familiar}{sep}{reference} not found: manifest unknown: "
+                           f"{message or 'manifest unknown'}")
         if resp.status in (401, 403) or code in ("NAME_UNKNOWN", "DENIED", "UNAUTHORIZED"):
             raise NotFound(f"pull access denied for {familiar}, repository does not exist or may require "
                            f"'docker login': denied: {message or 'requested access to the resource is denied'}")
@@ -355,12 +426,12 @@ class RegistryClient:
 
     async def start_upload(self, ref: Reference, creds: Credentials, *, mount: str = "",
                            mount_from: str = "") -> str | None:
-        """POST an upload session; None if a cross-repository mount succeeded (201)."""
+        """POST an upload session; None if a cross-repository mount succeeded (201). A registry
+        that cannot (or will not) mount answers 202 with an ordinary session: its URL is returned,
+        to upload into (``upload_blob(location=…, mount_from=…)``)."""
         host = registry_host(ref.domain)
         params = {"mount": mount, "from": mount_from} if mount and mount_from else None
-        scope = f"repository:{ref.path}:pull,push"
-        if mount_from:
-            scope += f" repository:{mount_from}:pull"
+        scope = _upload_scope(ref, mount_from)
         resp = await self.request("POST", host, f"/v2/{ref.path}/blobs/uploads/", scope=scope, creds=creds,
                                   params=params, headers={"Content-Length": "0"})
         async with resp:
@@ -369,6 +440,8 @@ class RegistryClient:
             if resp.status != 202:
                 await self._raise_push(resp, ref)
             location = resp.headers.get("Location", "")
+        if not location:
+            raise Unavailable(f"registry {ref.domain} opened an upload session without a Location")
         return self._absolute(host, location)
 
     def _absolute(self, host: str, location: str) -> str:
@@ -377,54 +450,73 @@ class RegistryClient:
         return f"{self._schemes.get(host, 'https')}://{host}{location}"
 
     async def upload_blob(self, ref: Reference, digest: str, size: int, chunks: AsyncIterator[bytes],
-                          creds: Credentials = ANONYMOUS, *, chunk_size: int = 0) -> None:
-        """Upload a blob: monolithic PUT, or PATCH chunks of ``chunk_size`` then PUT."""
+                          creds: Credentials = ANONYMOUS, *, chunk_size: int = 0, location: str | None = None,
+                          mount_from: str = "") -> None:
+        """Upload a blob: monolithic PUT, or PATCH chunks of ``chunk_size`` then PUT. ``location``
+        is a session already opened (by a mount attempt from ``mount_from``), else one is."""
         host = registry_host(ref.domain)
-        location = await self.start_upload(ref, creds)
-        assert location is not None
-        scope = f"repository:{ref.path}:pull,push"
+        if location is None:
+            location = await self.start_upload(ref, creds)
+            mount_from = ""
+        if location is None:
+            raise Unavailable(f"registry {ref.domain} opened no upload session")
+        scope = _upload_scope(ref, mount_from)
         auth_header = await self._auth_for(host, scope, creds)
+        tls = await self._ssl(host)
         if chunk_size <= 0:
             sep = "&" if "?" in location else "?"
             async with self._session.put(
-                    f"{location}{sep}digest={digest}", data=chunks,
+                    f"{location}{sep}digest={digest}", data=chunks, ssl=tls,
                     headers={"Content-Type": "application/octet-stream", "Content-Length": str(size), **auth_header},
-                    timeout=aiohttp.ClientTimeout(total=None)) as resp:
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=30)) as resp:
                 if resp.status != 201:
                     await self._raise_push(resp, ref)
             return
         offset = 0
         buffer = b""
 
-        async def send(piece: bytes) -> None:
-            nonlocal location, offset
+        async def send(piece: bytes, url: str) -> str:
+            nonlocal offset
             end = offset + len(piece) - 1
             async with self._session.patch(
-                    location, data=piece,
+                    url, data=piece, ssl=tls,
                     headers={"Content-Type": "application/octet-stream", "Content-Range": f"{offset}-{end}",
                              "Content-Length": str(len(piece)), **auth_header}) as resp:
                 if resp.status != 202:
                     await self._raise_push(resp, ref)
-                location = self._absolute(host, resp.headers.get("Location", location))
+                following = self._absolute(host, resp.headers.get("Location", url))
             offset += len(piece)
+            return following
 
         async for chunk in chunks:
             buffer += chunk
             while len(buffer) >= chunk_size:
-                await send(buffer[:chunk_size])
+                location = await send(buffer[:chunk_size], location)
                 buffer = buffer[chunk_size:]
         if buffer:
-            await send(buffer)
+            location = await send(buffer, location)
         sep = "&" if "?" in location else "?"
-        async with self._session.put(f"{location}{sep}digest={digest}",
+        async with self._session.put(f"{location}{sep}digest={digest}", ssl=tls,
                                      headers={"Content-Length": "0", **auth_header}) as resp:
             if resp.status != 201:
                 await self._raise_push(resp, ref)
 
+    async def cancel_upload(self, ref: Reference, location: str, creds: Credentials = ANONYMOUS, *,
+                            mount_from: str = "") -> None:
+        """DELETE an upload session we will not use; failures are ignored (spec: clients should)."""
+        host = registry_host(ref.domain)
+        headers = await self._auth_for(host, _upload_scope(ref, mount_from), creds)
+        try:
+            async with self._session.delete(location, headers=headers, ssl=await self._ssl(host),
+                                            timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                await resp.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.debug("upload_cancel_failed", location=location, error=str(exc))
+
     async def _auth_for(self, host: str, scope: str, creds: Credentials) -> dict[str, str]:
         """The Authorization that opened the upload session (uploads go to the session's URL
         directly, outside ``request``; their bodies cannot be replayed after a 401)."""
-        auth = self._auth.get((host, scope)) or self._basic.get(host)
+        auth = self._cached_auth(host, scope, creds) or self._cached_auth(host, _upload_scope_plain(scope), creds)
         return {"Authorization": auth} if auth else {}
 
     async def put_manifest(self, ref: Reference, reference: str, body: bytes, media_type: str,
@@ -447,9 +539,16 @@ class RegistryClient:
         raise Unavailable(f"error from registry {ref.domain} during push: {resp.status} {code} {message}".strip())
 
 
+def _upload_scope_plain(scope: str) -> str:
+    """The push scope alone, from a scope that may also ask pull on a mount source."""
+    return scope.split(" ", 1)[0]
+
+
 def _retry_after(value: str | None, default: float) -> float:
+    """Seconds to wait before retrying: the registry's ``Retry-After`` (capped at 10 s), else our
+    backoff with some jitter so parallel downloads do not retry in lockstep."""
     if not value:
-        return default
+        return default * random.uniform(1.0, 1.25)
     try:
         return min(10.0, max(0.0, float(value)))
     except ValueError:
@@ -462,23 +561,12 @@ def _retry_after(value: str | None, default: float) -> float:
 
 
 def select_platform(index: dict[str, Any], os_name: str, arch: str, variant: str = "") -> Descriptor:
-    """Pick this host's manifest from a manifest list / OCI index, skipping attestations."""
-    candidates = []
-    for entry in index.get("manifests") or []:
-        platform = entry.get("platform") or {}
-        annotations = entry.get("annotations") or {}
-        if annotations.get("vnd.docker.reference.type") == "attestation-manifest":
-            continue
-        if platform.get("os") != os_name or platform.get("architecture") != arch:
-            continue
-        if variant and platform.get("variant") and platform.get("variant") != variant:
-            continue
-        candidates.append(entry)
-    if not candidates:
-        raise NotFound(f"no matching manifest for {os_name}/{arch} in the manifest list entries")
-    best = candidates[0]
-    return Descriptor(media_type=str(best.get("mediaType", MEDIA_OCI_MANIFEST)), digest=str(best["digest"]),
-                      size=int(best.get("size", 0)))
+    """Pick a platform's manifest from a manifest list / OCI index (see :mod:`platforms`)."""
+    best = platforms.select(index, platforms.normalize(os_name, arch, variant))
+    digest, size = best.get("digest"), best.get("size", 0)
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest) or not isinstance(size, int) or size < 0:
+        raise InvalidArgument("invalid manifest list: malformed descriptor")
+    return Descriptor(media_type=str(best.get("mediaType", MEDIA_OCI_MANIFEST)), digest=digest, size=size)
 
 
 __all__ = ["INDEX_TYPES", "MANIFEST_TYPES", "BerthError", "Descriptor", "Manifest", "RegistryClient",

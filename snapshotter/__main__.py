@@ -6,6 +6,10 @@ heartbeats. SIGTERM/SIGINT: stop accepting, let running RPCs finish within the g
 cancel the rest, drop the heartbeat, close Redis, remove the socket, exit 0.
 
 Readiness is the socket answering gRPC (``channel.channel_ready()``).
+
+Registry settings are dockerd's: ``--insecure-registry`` (repeatable; loopback is always
+insecure), ``--registry-certs-dir`` (``<dir>/<host:port>/{*.crt, client.cert, client.key}``),
+``--max-concurrent-downloads`` and ``--max-concurrent-uploads``.
 """
 
 from __future__ import annotations
@@ -31,9 +35,12 @@ import structlog
 
 from common import logs, nodes
 from common.keys import Keys
+from protos.errors import InvalidArgument
 from protos.rpc import SERVER_OPTIONS
+from registry_client.hosts import insecure_matcher
 from snapshotter.api import ContentStore, Images, Snapshotter
 from snapshotter.content import LocalContentStore
+from snapshotter.distribution import RegistryOptions
 from snapshotter.images import LocalImages
 from snapshotter.overlay import OverlaySnapshotter
 from snapshotter.service import add_servicers
@@ -42,6 +49,7 @@ log = structlog.get_logger()
 
 DEFAULT_ROOT = Path("/var/lib/berth/snapshotter")
 DEFAULT_ADDRESS = "/run/berth/snapshotter.sock"
+DEFAULT_CERTS_DIR = Path("/etc/berth/certs.d")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +61,16 @@ class Config:
     node_id: str
     log_level: str
     grace_period: float = 10.0
+    insecure_registries: tuple[str, ...] = ()
+    registry_certs_dir: Path = DEFAULT_CERTS_DIR
+    max_concurrent_downloads: int = 3
+    max_concurrent_uploads: int = 5
+
+    def registry_options(self) -> RegistryOptions:
+        return RegistryOptions(insecure=insecure_matcher(self.insecure_registries),
+                               certs_dir=self.registry_certs_dir,
+                               max_concurrent_downloads=self.max_concurrent_downloads,
+                               max_concurrent_uploads=self.max_concurrent_uploads)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,16 +113,42 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument("--log-level", default="info", choices=sorted(logs.LEVELS))
     parser.add_argument("--grace-period", type=float, default=10.0,
                         help="seconds running RPCs get to finish on shutdown (default %(default)s)")
+    parser.add_argument("--insecure-registry", dest="insecure_registries", action="append", default=[],
+                        metavar="HOST[:PORT]|CIDR",
+                        help="registry reached without TLS verification, or over plain HTTP (repeatable; "
+                             "127.0.0.0/8 and ::1 always are)")
+    parser.add_argument("--registry-certs-dir", type=Path, default=DEFAULT_CERTS_DIR,
+                        help="per-registry certificates: DIR/<host:port>/*.crt (CAs), client.cert and "
+                             "client.key (default %(default)s)")
+    parser.add_argument("--max-concurrent-downloads", type=_positive, default=3,
+                        help="layer downloads at once on this host (default %(default)s)")
+    parser.add_argument("--max-concurrent-uploads", type=_positive, default=5,
+                        help="layer uploads at once on this host (default %(default)s)")
     args = parser.parse_args(argv)
     root = args.root.absolute()
     try:
         parse_address(args.address)
-    except ValueError as exc:
+        insecure_matcher(args.insecure_registries)
+    except (ValueError, InvalidArgument) as exc:
         parser.error(str(exc))
     return Config(root=root, address=args.address, redis_url=args.redis_url,
                   redis_namespace=args.redis_namespace,
                   node_id=args.node_id or nodes.load_or_create_node_id(root),
-                  log_level=args.log_level, grace_period=args.grace_period)
+                  log_level=args.log_level, grace_period=args.grace_period,
+                  insecure_registries=tuple(args.insecure_registries),
+                  registry_certs_dir=args.registry_certs_dir.absolute(),
+                  max_concurrent_downloads=args.max_concurrent_downloads,
+                  max_concurrent_uploads=args.max_concurrent_uploads)
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return number
 
 
 class AccessLog(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -188,13 +232,15 @@ async def _serve(config: Config) -> None:
     redis = aioredis.Redis(connection_pool=pool)
     keys = Keys(ns=config.redis_namespace)
     server: grpc.aio.Server | None = None
+    local_images: LocalImages | None = None
     try:
         await redis.ping()
         overlay = await OverlaySnapshotter.open(root=config.root, redis=redis, keys=keys, node=config.node_id)
         local_content = await LocalContentStore.open(root=config.root / "content")
         snapshotter: Snapshotter = overlay
         content: ContentStore = local_content
-        local_images = LocalImages(snapshotter=snapshotter, content=content, spool_dir=config.root / "tmp")
+        local_images = LocalImages(snapshotter=snapshotter, content=local_content, spool_dir=config.root / "tmp",
+                                   registry=config.registry_options())
         images: Images = local_images
         await local_content.cleanup()
         await local_images.cleanup()
@@ -229,6 +275,8 @@ async def _serve(config: Config) -> None:
     finally:
         if server is not None:
             await server.stop(0)
+        if local_images is not None:
+            await local_images.aclose()
         await redis.aclose()
         await pool.disconnect()
         if listener.socket is not None:

@@ -42,6 +42,7 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import shutil
 import stat
 import tarfile
@@ -62,6 +63,9 @@ log = structlog.get_logger()
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# Full magics (bzip2: "BZh", level, block header): a tar's first bytes are a file name.
+_UNSUPPORTED_MAGIC = tuple((re.compile(m, re.DOTALL), kind) for m, kind in (
+    (rb"BZh[1-9]1AY&SY", "bzip2"), (rb"\xfd7zXZ\x00", "xz")))
 
 # A PAX record or GNU long name beyond this is an attack on memory (CVE-2023-25153's lesson).
 MAX_HEADER_RECORD = 1 << 20
@@ -113,6 +117,9 @@ class LayerReader:
             head += more
         if head.startswith(ZSTD_MAGIC):
             raise InvalidArgument("zstd-compressed layers are not supported")
+        for magic, kind in _UNSUPPORTED_MAGIC:
+            if magic.match(head):
+                raise InvalidArgument(f"{kind}-compressed archives are not supported: use tar or tar.gz")
         self.compressed = head.startswith(GZIP_MAGIC)
         self._in = head
         self._z: zlib._Decompress | None = zlib.decompressobj(wbits=31) if self.compressed else None

@@ -8,7 +8,8 @@ server stream abandoned by the caller is cancelled. The channel belongs to the c
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -26,6 +27,10 @@ from snapshotter.api import (
     Images,
     Info,
     LayerRef,
+    Progress,
+    PullResult,
+    PushResult,
+    RegistryAuth,
     Snapshotter,
     Usage,
 )
@@ -68,7 +73,7 @@ async def _client_stream(method: Any, messages: AsyncIterator[Any]) -> Any:
         raise
 
 
-async def _server_stream(call: Any) -> AsyncIterator[Any]:
+async def _server_stream(call: Any) -> AsyncGenerator[Any, None]:
     try:
         async for message in stream_errors(call):
             yield message
@@ -182,6 +187,30 @@ class RemoteImages:
     async def unpack(self, layers: Sequence[LayerRef]) -> str:
         request = pb.UnpackRequest(layers=[convert.layer_to_proto(x) for x in layers])
         return str((await _unary(self._stub.Unpack(request))).chain_id)
+
+    async def pull(self, reference: str, auth: RegistryAuth,
+                   platform: str = "") -> AsyncIterator[Progress | PullResult]:
+        request = pb.PullRequest(reference=reference, auth=convert.registry_auth_to_proto(auth), platform=platform)
+        async with contextlib.aclosing(_server_stream(self._stub.Pull(request))) as messages:
+            async for message in messages:  # closing cancels the call: the server stops the pull
+                yield convert.pull_event_from_proto(message)
+
+    async def push(self, image: ExportImage, reference: str,
+                   auth: RegistryAuth) -> AsyncIterator[Progress | PushResult]:
+        request = pb.PushRequest(image=convert.export_image_to_proto(image), reference=reference,
+                                 auth=convert.registry_auth_to_proto(auth))
+        async with contextlib.aclosing(_server_stream(self._stub.Push(request))) as messages:
+            async for message in messages:
+                yield convert.push_event_from_proto(message)
+
+    async def import_rootfs(self, chunks: AsyncIterator[bytes], config: bytes) -> ImageRecord:
+        async def messages() -> AsyncIterator[pb.ImportRootfsRequest]:
+            yield pb.ImportRootfsRequest(config=config)
+            async for chunk in rechunk(chunks):
+                yield pb.ImportRootfsRequest(data=chunk)
+
+        response = await _client_stream(self._stub.ImportRootfs, messages())
+        return convert.image_record_from_proto(response.image)
 
 
 if TYPE_CHECKING:

@@ -11,7 +11,19 @@ from collections.abc import Iterable
 from common.mounts import Mount
 from protos.errors import Internal
 from protos.snapshotter.v1 import snapshotter_pb2 as pb
-from snapshotter.api import BlobInfo, ExportImage, ImageRecord, Info, Kind, LayerRef, Usage
+from snapshotter.api import (
+    BlobInfo,
+    ExportImage,
+    ImageRecord,
+    Info,
+    Kind,
+    LayerRef,
+    Progress,
+    PullResult,
+    PushResult,
+    RegistryAuth,
+    Usage,
+)
 
 _KIND_TO_PROTO = {Kind.VIEW: pb.KIND_VIEW, Kind.ACTIVE: pb.KIND_ACTIVE, Kind.COMMITTED: pb.KIND_COMMITTED}
 _KIND_FROM_PROTO = {v: k for k, v in _KIND_TO_PROTO.items()}
@@ -98,3 +110,53 @@ def export_image_to_proto(image: ExportImage) -> pb.ExportImage:
 def export_image_from_proto(image: pb.ExportImage) -> ExportImage:
     return ExportImage(id=image.id, repo_tags=tuple(image.repo_tags),
                        layers=tuple(layer_from_proto(x) for x in image.layers))
+
+
+def registry_auth_to_proto(auth: RegistryAuth) -> pb.RegistryAuth:
+    return pb.RegistryAuth(username=auth.username, password=auth.password, identity_token=auth.identity_token,
+                           registry_token=auth.registry_token)
+
+
+def registry_auth_from_proto(auth: pb.RegistryAuth) -> RegistryAuth:
+    return RegistryAuth(username=auth.username, password=auth.password, identity_token=auth.identity_token,
+                        registry_token=auth.registry_token)
+
+
+def progress_to_proto(p: Progress) -> pb.Progress:
+    return pb.Progress(id=p.id, status=p.status, current=p.current, total=p.total)
+
+
+def progress_from_proto(p: pb.Progress) -> Progress:
+    return Progress(id=p.id, status=p.status, current=p.current, total=p.total)
+
+
+def pull_event_to_proto(event: Progress | PullResult) -> pb.PullResponse:
+    if isinstance(event, Progress):
+        return pb.PullResponse(progress=progress_to_proto(event))
+    return pb.PullResponse(result=pb.PullResult(image=image_record_to_proto(event.image),
+                                                manifest_digest=event.manifest_digest))
+
+
+def pull_event_from_proto(message: pb.PullResponse) -> Progress | PullResult:
+    kind = message.WhichOneof("event")
+    if kind == "progress":
+        return progress_from_proto(message.progress)
+    if kind == "result":
+        return PullResult(image=image_record_from_proto(message.result.image),
+                          manifest_digest=message.result.manifest_digest)
+    raise Internal("pull message without an event")
+
+
+def push_event_to_proto(event: Progress | PushResult) -> pb.PushResponse:
+    if isinstance(event, Progress):
+        return pb.PushResponse(progress=progress_to_proto(event))
+    return pb.PushResponse(result=pb.PushResult(digest=event.digest, size=event.size))
+
+
+def push_event_from_proto(message: pb.PushResponse) -> Progress | PushResult:
+    kind = message.WhichOneof("event")
+    if kind == "progress":
+        return progress_from_proto(message.progress)
+    if kind == "result":
+        return PushResult(digest=message.result.digest, size=message.result.size)
+    raise Internal("push message without an event")

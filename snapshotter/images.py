@@ -21,22 +21,26 @@ chains, then blobs — is removed again, so a hostile or broken archive leaves n
 
 Export (``docker save``) writes Docker 25+'s layout, which ``docker load`` of any version since
 1.10 reads through ``manifest.json`` and OCI tools read through ``index.json``.
+
+``docker import`` (:meth:`LocalImages.import_rootfs`) streams the tarball into the content store
+as it is (plain or gzip) while the extractor follows the stored bytes into a new snapshot; the
+layer is committed under its diff id once both are complete. Pull and push live in
+:mod:`snapshotter.distribution`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
 import posixpath
 import re
-import secrets
 import shutil
 import tarfile
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,15 +50,25 @@ import structlog
 from protos.errors import (
     BlobNotFound,
     DigestMismatch,
-    FailedPrecondition,
     InvalidArgument,
-    NotFound,
-    SnapshotNotFound,
 )
-from snapshotter.api import ContentStore, ExportImage, ImageRecord, Kind, LayerRef, Mount, Snapshotter
-from snapshotter.archive import GZIP_MAGIC, ZSTD_MAGIC, LayerReader, apply_layer, iter_members
-from snapshotter.content import check_digest
-from snapshotter.streams import CHUNK, ThreadReader, file_chunks, run_blocking, uncancellable
+from snapshotter.api import (
+    BlobInfo,
+    ContentStore,
+    ExportImage,
+    ImageRecord,
+    LayerRef,
+    Progress,
+    PullResult,
+    PushResult,
+    RegistryAuth,
+    Snapshotter,
+)
+from snapshotter.archive import GZIP_MAGIC, ZSTD_MAGIC, LayerReader, iter_members
+from snapshotter.content import IngestingStore, check_digest
+from snapshotter.distribution import Distribution, RegistryOptions
+from snapshotter.streams import CHUNK, ThreadReader, file_chunks, iterate_bytes, run_blocking, uncancellable
+from snapshotter.unpack import Lease, Unpacker, aclose, chain_ids, sha256_digest
 
 MAX_JSON = 20 << 20  # containerd's importer limit for manifests, indexes and configs
 MAX_MEMBERS = 100_000
@@ -72,25 +86,11 @@ MANIFEST_TYPES = {MT_OCI_MANIFEST, MT_DOCKER_MANIFEST}
 
 ANNOTATION_IMAGE_NAME = "io.containerd.image.name"
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
-LABEL_SNAPSHOT_REF = "containerd.io/snapshot.ref"
-LABEL_UNCOMPRESSED = "containerd.io/snapshot/berth.diffid"
 
 _TAG = re.compile(r"[\w][\w.-]{0,127}")
 _GOARCH = {"x86_64": ("amd64", ""), "aarch64": ("arm64", "v8"), "armv7l": ("arm", "v7"),
            "armv6l": ("arm", "v6"), "i686": ("386", ""), "ppc64le": ("ppc64le", ""),
            "s390x": ("s390x", ""), "riscv64": ("riscv64", "")}
-
-
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def chain_ids(diff_ids: Sequence[str]) -> list[str]:
-    """image-spec ChainID of every prefix of ``diff_ids``."""
-    chain: list[str] = []
-    for diff_id in diff_ids:
-        chain.append(diff_id if not chain else sha256_digest(f"{chain[-1]} {diff_id}".encode()))
-    return chain
 
 
 def host_platform() -> tuple[str, str, str]:
@@ -412,95 +412,89 @@ def plan_archive(spool: _Spool) -> list[_Plan]:
     raise InvalidArgument("unrecognized image format: no manifest.json or index.json in the archive")
 
 
-# --- bookkeeping for concurrent imports ---------------------------------------------------
-
-class _KeyedLock:
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
-
-
-@dataclass(eq=False)
-class _Lease:
-    contested: set[str] = field(default_factory=set)
-
-
-class _Leases:
-    """Names (blob digests, chain ids) used by running operations.
-
-    A failed import may only undo what it created if no other operation overlapped with it on
-    that name: an overlapping one may have found the blob or chain present and built on it (and
-    may already have returned an image that references it)."""
-
-    def __init__(self) -> None:
-        self._holders: dict[str, set[_Lease]] = {}
-
-    @contextlib.contextmanager
-    def hold(self, names: set[str]) -> Iterator[_Lease]:
-        lease = _Lease()
-        for name in names:
-            others = self._holders.setdefault(name, set())
-            if others:
-                lease.contested.add(name)
-                for other in others:
-                    other.contested.add(name)
-            others.add(lease)
-        try:
-            yield lease
-        finally:
-            for name in names:
-                holders = self._holders[name]
-                holders.discard(lease)
-                if not holders:
-                    del self._holders[name]
-
-
-def upper_dir(mounts: Sequence[Mount]) -> tuple[str, list[str]]:
-    """The directory a layer is extracted into, and the lower layers (nearest first)."""
-    if len(mounts) == 1 and mounts[0].type == "bind":
-        return mounts[0].source, []
-    if len(mounts) == 1 and mounts[0].type == "overlay":
-        options = dict(o.partition("=")[::2] for o in mounts[0].options)
-        if options.get("upperdir"):
-            lowers = options.get("lowerdir", "")
-            return options["upperdir"], lowers.split(":") if lowers else []
-    raise InvalidArgument("cannot apply a layer: the snapshot's mounts have no local upper directory")
-
-
-async def _aclose(it: AsyncIterator[bytes]) -> None:
-    closer = getattr(it, "aclose", None)
-    if closer is not None:
-        with contextlib.suppress(RuntimeError):
-            await closer()
-
-
 # --- the implementation ---------------------------------------------------------------------
 
 class LocalImages:
-    """``Images`` over a local snapshotter (its mounts are paths on this host) and content store."""
+    """``Images`` over a local snapshotter (its mounts are paths on this host) and content store.
 
-    def __init__(self, *, snapshotter: Snapshotter, content: ContentStore, spool_dir: Path,
-                 allow_device_nodes: bool = False) -> None:
+    ``registry`` says how registries are reached (pull, push). Call :meth:`aclose` when done: it
+    closes the registry connections (made on first use, in the loop that uses them)."""
+
+    def __init__(self, *, snapshotter: Snapshotter, content: IngestingStore, spool_dir: Path,
+                 allow_device_nodes: bool = False, registry: RegistryOptions | None = None) -> None:
         self._snapshotter = snapshotter
         self._content = content
         self._spool_dir = Path(spool_dir)
-        self._allow_devices = allow_device_nodes
-        self._chain_locks = _KeyedLock()
-        self._leases = _Leases()
+        self._unpacker = Unpacker(snapshotter=snapshotter, content=content, allow_devices=allow_device_nodes)
+        self._distribution = Distribution(unpacker=self._unpacker, content=content,
+                                          options=registry or RegistryOptions())
         self._log = structlog.get_logger().bind(component="images")
+
+    async def aclose(self) -> None:
+        await self._distribution.aclose()
+
+    # registries
+    def pull(self, reference: str, auth: RegistryAuth, platform: str = "") -> AsyncIterator[Progress | PullResult]:
+        return self._distribution.pull(reference, auth, platform)
+
+    def push(self, image: ExportImage, reference: str, auth: RegistryAuth) -> AsyncIterator[Progress | PushResult]:
+        return self._distribution.push(image, reference, auth)
+
+    # docker import
+    async def import_rootfs(self, chunks: AsyncIterator[bytes], config: bytes) -> ImageRecord:
+        doc = _import_config(config)
+        ingest = await self._content.ingest()
+        created_blobs: list[str] = []
+        created_chains: list[str] = []
+        with self._unpacker.leases.hold(set()) as lease:
+
+            async def store() -> BlobInfo:
+                """The upload into the content store, as it comes; the extractor follows it."""
+                try:
+                    async for chunk in chunks:
+                        await ingest.write(chunk)
+                    digest = ingest.digest_so_far
+                    self._unpacker.leases.extend(lease, {digest})
+                    try:
+                        await self._content.info(digest)
+                    except BlobNotFound:
+                        created_blobs.append(digest)
+                    return await ingest.commit()
+                except BaseException as exc:
+                    await ingest.abort(exc)
+                    raise
+
+            writer = asyncio.ensure_future(store())
+            try:
+                applied = await self._unpacker.unpack_new(ingest.follow(), lease, created_chains)
+                blob = await writer
+                if applied.size == 0:
+                    raise InvalidArgument("invalid tar archive: the input is empty")
+                layer = LayerRef(digest=blob.digest, diff_id=applied.diff_id, size=blob.size,
+                                 media_type=MT_OCI_LAYER if blob.digest == applied.diff_id else MT_OCI_LAYER_GZIP)
+                doc["rootfs"] = {"type": "layers", "diff_ids": [applied.diff_id]}
+                doc["history"] = [{"created": doc["created"], "comment": doc.get("comment") or "Imported from -"}]
+                body = _json_bytes(doc)
+                image_id = sha256_digest(body)
+                self._unpacker.leases.extend(lease, {image_id})
+                try:
+                    await self._content.info(image_id)
+                except BlobNotFound:
+                    created_blobs.append(image_id)
+                    await self._content.write(iterate_bytes(body), image_id, len(body))
+                size = await self._unpacker.size([applied.diff_id])
+            except BaseException as exc:
+                writer.cancel()
+                await uncancellable(asyncio.wait({writer}))
+                upload_error = None if writer.cancelled() else writer.exception()
+                await uncancellable(self._unpacker.rollback(lease, created_chains, created_blobs))
+                self._log.warning("rootfs_import_failed", error=str(exc), error_class=type(exc).__name__)
+                if upload_error is not None and not isinstance(exc, asyncio.CancelledError):
+                    raise upload_error from None  # the input broke: say so, not that the extractor starved
+                raise
+        self._log.info("rootfs_imported", id=image_id, diff_id=applied.diff_id, size=size)
+        return ImageRecord(id=image_id, config=body, repo_tags=(), layers=(layer,), chain_id=applied.diff_id,
+                           size=size)
 
     async def cleanup(self) -> None:
         """Delete spool directories a crash left behind (call before serving)."""
@@ -561,16 +555,14 @@ class LocalImages:
                     raise
                 stored[digest].set_result(None)
 
-        with self._leases.hold(names) as lease:
+        with self._unpacker.leases.hold(names) as lease:
             store = asyncio.create_task(store_all())
             try:
                 records = []
                 for plan in plans:
                     refs = [ref for ref, _ in plan.layers]
-                    top = await self._unpack_chain(refs, lambda d: stored[d], created_chains)
-                    size = 0
-                    for chain in chain_ids([r.diff_id for r in refs]):
-                        size += (await self._snapshotter.usage(chain)).size
+                    top = await self._unpacker.unpack_chain(refs, lambda d: stored[d], created_chains)
+                    size = await self._unpacker.size(chain_ids([r.diff_id for r in refs]))
                     records.append(ImageRecord(id=plan.config_digest, config=plan.config,
                                                repo_tags=tuple(plan.repo_tags), layers=tuple(refs),
                                                chain_id=top, size=size))
@@ -592,7 +584,7 @@ class LocalImages:
         created.append(digest)
         await self._content.write(file_chunks(member.path), expected=digest, size=member.size)
 
-    async def _abandon(self, store: asyncio.Task[None], stored: Mapping[str, asyncio.Future[None]], lease: _Lease,
+    async def _abandon(self, store: asyncio.Task[None], stored: Mapping[str, asyncio.Future[None]], lease: Lease,
                        chains: list[str], blobs: list[str]) -> None:
         """Stop storing, then undo what this import created (runs to the end even if cancelled)."""
         store.cancel()
@@ -600,18 +592,7 @@ class LocalImages:
         for fut in (store, *stored.values()):
             if fut.done() and not fut.cancelled():
                 fut.exception()  # retrieved: no "never retrieved" noise
-        await self._rollback(lease, chains, blobs)
-
-    async def _rollback(self, lease: _Lease, chains: list[str], blobs: list[str]) -> None:
-        for chain in reversed(chains):
-            if chain not in lease.contested:
-                with contextlib.suppress(NotFound, FailedPrecondition):
-                    await self._snapshotter.remove(chain)
-        for digest in blobs:
-            if digest not in lease.contested:
-                with contextlib.suppress(NotFound):
-                    await self._content.delete(digest)
-        self._log.info("image_import_rolled_back", chains=len(chains), blobs=len(blobs))
+        await self._unpacker.rollback(lease, chains, blobs)
 
     # unpack
     async def unpack(self, layers: Sequence[LayerRef]) -> str:
@@ -619,7 +600,7 @@ class LocalImages:
             check_digest(layer.digest)
             check_digest(layer.diff_id)
         names = {layer.digest for layer in layers} | set(chain_ids([r.diff_id for r in layers]))
-        with self._leases.hold(names):
+        with self._unpacker.leases.hold(names):
             for layer in layers:
                 await self._content.info(layer.digest)
 
@@ -627,53 +608,7 @@ class LocalImages:
                 return None
 
             # Chains committed before a failure are verified layers: kept for the next attempt.
-            return await self._unpack_chain(list(layers), ready, [])
-
-    async def _is_committed(self, chain: str) -> bool:
-        try:
-            info = await self._snapshotter.stat(chain)
-        except SnapshotNotFound:
-            return False
-        if info.kind is not Kind.COMMITTED:
-            raise FailedPrecondition(f"snapshot {chain} exists but is not committed")
-        return True
-
-    async def _unpack_chain(self, layers: Sequence[LayerRef], wait: Callable[[str], Awaitable[None]],
-                            created: list[str]) -> str:
-        parent = ""
-        for index, (layer, chain) in enumerate(zip(layers, chain_ids([r.diff_id for r in layers]), strict=True)):
-            async with self._chain_locks.hold(chain):
-                if not await self._is_committed(chain):
-                    await wait(layer.digest)
-                    created.append(chain)  # before: a commit cancelled after the fact still happened
-                    await self._unpack_layer(layer, index, chain, parent)
-            parent = chain
-        return parent
-
-    async def _unpack_layer(self, layer: LayerRef, index: int, chain: str, parent: str) -> None:
-        key = f"extract-{secrets.token_hex(8)} {chain}"
-        mounts = await self._snapshotter.prepare(
-            key, parent, labels={LABEL_SNAPSHOT_REF: chain, LABEL_UNCOMPRESSED: layer.diff_id})
-        try:
-            upper, lowers = upper_dir(mounts)
-            blob = self._content.read(layer.digest)
-            reader = ThreadReader(blob, asyncio.get_running_loop())
-            try:
-                result = await run_blocking(
-                    lambda: apply_layer(reader, upper, lowers=lowers, allow_devices=self._allow_devices),
-                    abort=reader.abort)
-            finally:
-                await _aclose(blob)
-            if result.diff_id != layer.diff_id:
-                raise DigestMismatch(f"invalid diffID for layer {index}: expected {json.dumps(layer.diff_id)}, "
-                                     f"got {json.dumps(result.diff_id)}")
-            await self._snapshotter.commit(chain, key)
-        except BaseException:
-            with contextlib.suppress(NotFound):
-                await uncancellable(self._snapshotter.remove(key))
-            raise
-        self._log.info("layer_unpacked", chain=chain, digest=layer.digest, size=result.size,
-                       entries=result.entries)
+            return await self._unpacker.unpack_chain(list(layers), ready, [])
 
     # export
     async def export_archive(self, images: Sequence[ExportImage]) -> AsyncIterator[bytes]:
@@ -756,6 +691,26 @@ def _json_bytes(doc: Any) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
+def _import_config(config: bytes) -> dict[str, Any]:
+    """The caller's image config for ``docker import``, checked and completed (os, architecture,
+    created); ``rootfs`` and ``history`` are ours to fill in."""
+    try:
+        doc = json.loads(config)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"invalid image config: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidArgument("invalid image config: not a JSON object")
+    doc.setdefault("os", "linux")
+    if doc["os"] != "linux":
+        raise InvalidArgument(f'image operating system "{doc["os"]}" cannot be used on this platform')
+    doc.setdefault("architecture", host_platform()[1])
+    if not isinstance(doc.get("created"), str) or not doc["created"]:
+        now = time.time_ns()
+        doc["created"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now // 1_000_000_000)) + \
+            f".{now % 1_000_000_000:09d}Z"
+    return doc
+
+
 @dataclass(frozen=True, slots=True)
 class _BlobSource:
     """Bytes of one exported blob: a stored blob as is, a stored blob gunzipped, or literal data.
@@ -790,7 +745,7 @@ class _BlobSource:
             if self.size >= 0 and layer.size != self.size:
                 raise DigestMismatch(f"layer blob {self.digest} changed while exporting")
         finally:
-            await _aclose(blob)
+            await aclose(blob)
 
 
 @dataclass(frozen=True, slots=True)

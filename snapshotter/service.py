@@ -7,7 +7,9 @@ class in the trailing metadata; streams are cut into ~1 MiB messages.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 import grpc
 
@@ -19,6 +21,7 @@ from snapshotter.api import ContentStore, Images, Snapshotter
 from snapshotter.streams import rechunk
 
 LIST_BATCH = 100
+T = TypeVar("T")
 
 
 @maps_errors
@@ -124,6 +127,26 @@ async def _import_chunks(requests: AsyncIterator[pb.ImportRequest]) -> AsyncIter
             yield request.data
 
 
+@contextlib.asynccontextmanager
+async def _closing(events: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """Close a stream of events when the RPC ends early (the caller went away): its work stops."""
+    try:
+        yield events
+    finally:
+        closer = getattr(events, "aclose", None)
+        if closer is not None:
+            await closer()
+
+
+async def _rootfs_chunks(first: pb.ImportRootfsRequest | None,
+                         rest: AsyncIterator[pb.ImportRootfsRequest]) -> AsyncIterator[bytes]:
+    if first is not None and first.data:
+        yield first.data
+    async for request in rest:
+        if request.data:
+            yield request.data
+
+
 @maps_errors
 class ImagesServicer(pb_grpc.ImagesServicer):
     def __init__(self, images: Images) -> None:
@@ -143,6 +166,29 @@ class ImagesServicer(pb_grpc.ImagesServicer):
     async def Unpack(self, request: pb.UnpackRequest, context: grpc.aio.ServicerContext) -> pb.UnpackResponse:
         chain_id = await self._i.unpack([convert.layer_from_proto(x) for x in request.layers])
         return pb.UnpackResponse(chain_id=chain_id)
+
+    async def Pull(self, request: pb.PullRequest,
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[pb.PullResponse]:
+        auth = convert.registry_auth_from_proto(request.auth)
+        async with _closing(self._i.pull(request.reference, auth, request.platform)) as events:
+            async for event in events:
+                yield convert.pull_event_to_proto(event)
+
+    async def Push(self, request: pb.PushRequest,
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[pb.PushResponse]:
+        image = convert.export_image_from_proto(request.image)
+        auth = convert.registry_auth_from_proto(request.auth)
+        async with _closing(self._i.push(image, request.reference, auth)) as events:
+            async for event in events:
+                yield convert.push_event_to_proto(event)
+
+    async def ImportRootfs(self, request_iterator: AsyncIterator[pb.ImportRootfsRequest],
+                           context: grpc.aio.ServicerContext) -> pb.ImportRootfsResponse:
+        stream = aiter(request_iterator)
+        first = await anext(stream, None)
+        config = first.config if first is not None else b""
+        record = await self._i.import_rootfs(_rootfs_chunks(first, stream), config)
+        return pb.ImportRootfsResponse(image=convert.image_record_to_proto(record))
 
 
 def add_servicers(server: grpc.aio.Server, *, snapshotter: Snapshotter, content: ContentStore,

@@ -27,7 +27,7 @@ from protos.errors import (
     UnsafeArchive,
 )
 from snapshotter.api import MAX_DEPTH, BlobInfo, ExportImage, Kind, Mount
-from snapshotter.images import upper_dir
+from snapshotter.unpack import upper_dir
 from tests.snapshotter.conftest import Stack
 from tests.snapshotter.layers import (
     chunks_of,

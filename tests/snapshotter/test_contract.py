@@ -6,6 +6,7 @@ import pytest
 
 from tests.snapshotter.conftest import Stack
 from tests.snapshotter.contract import ContentContract, ImagesContract, SnapshotterContract
+from tests.snapshotter.distribution_contract import DistributionContract
 
 
 class TestLocalSnapshotter(SnapshotterContract):
@@ -39,6 +40,18 @@ class TestLocalImages(ImagesContract):
 
 
 class TestRemoteImages(ImagesContract):
+    @pytest.fixture
+    def stack(self, remote_stack: Stack) -> Stack:
+        return remote_stack
+
+
+class TestLocalDistribution(DistributionContract):
+    @pytest.fixture
+    def stack(self, local_stack: Stack) -> Stack:
+        return local_stack
+
+
+class TestRemoteDistribution(DistributionContract):
     @pytest.fixture
     def stack(self, remote_stack: Stack) -> Stack:
         return remote_stack

@@ -14,7 +14,8 @@ import pytest
 from protos.errors import DigestMismatch, InvalidArgument, UnsafeArchive
 from snapshotter import images as images_module
 from snapshotter.api import ExportImage, ImageRecord, Kind
-from snapshotter.images import chain_ids, familiar_name, host_platform, normalized_name
+from snapshotter.images import familiar_name, host_platform, normalized_name
+from snapshotter.unpack import chain_ids
 from tests.snapshotter.conftest import Stack
 from tests.snapshotter.contract import keys_of
 from tests.snapshotter.layers import (

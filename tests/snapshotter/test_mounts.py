@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from snapshotter.api import MAX_DEPTH
-from snapshotter.images import upper_dir
+from snapshotter.unpack import upper_dir
 from tests.snapshotter.conftest import Stack, mounted
 from tests.snapshotter.contract import commit_layer
 from tests.snapshotter.layers import E, d, f, store_layers, tar_bytes

@@ -15,8 +15,8 @@ from redis.backoff import NoBackoff
 
 from common.keys import Keys
 from protos.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
-from snapshotter.images import upper_dir
 from snapshotter.overlay import OverlaySnapshotter
+from snapshotter.unpack import upper_dir
 from tests.snapshotter.conftest import NODE, Stack
 from tests.snapshotter.contract import commit_layer, keys_of
 

@@ -17,8 +17,12 @@ import redis.asyncio as aioredis
 
 from common.keys import Keys
 from protos import rpc
-from snapshotter.__main__ import parse_address
-from snapshotter.client import RemoteSnapshotter
+from snapshotter.__main__ import DEFAULT_CERTS_DIR, parse_address, parse_args
+from snapshotter.api import PullResult, RegistryAuth
+from snapshotter.client import RemoteImages, RemoteSnapshotter
+from tests.snapshotter.registries import build, publish
+from tests.support import busybox
+from tests.support.registry import Registry
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -93,3 +97,44 @@ def test_addresses() -> None:
     for bad in ("10.0.0.1:9000", "example.com:80", "nonsense", "unix:relative.sock"):
         with pytest.raises(ValueError):
             parse_address(bad)
+
+
+def test_registry_flags(tmp_path: Path) -> None:
+    base = ["--root", str(tmp_path), "--redis-url", "redis://x", "--node-id", "n"]
+    config = parse_args([*base, "--insecure-registry", "10.1.0.0/16", "--insecure-registry", "myreg:5000",
+                         "--registry-certs-dir", str(tmp_path / "certs"), "--max-concurrent-downloads", "7"])
+    options = config.registry_options()
+    assert (options.certs_dir, options.max_concurrent_downloads, options.max_concurrent_uploads) == \
+        (tmp_path / "certs", 7, 5)
+    for host in ("127.0.0.1:5000", "[::1]:443", "10.1.2.3:5000", "myreg:5000"):
+        assert options.insecure(host), host  # loopback is always insecure, as in dockerd
+    for host in ("myreg:5001", "registry-1.docker.io", "10.2.0.1:5000"):
+        assert not options.insecure(host), host
+    defaults = parse_args(base).registry_options()
+    assert (defaults.certs_dir, defaults.max_concurrent_downloads, defaults.max_concurrent_uploads) == \
+        (DEFAULT_CERTS_DIR, 3, 5)
+    for bad in (["--insecure-registry", "https://myreg"], ["--max-concurrent-uploads", "0"]):
+        with pytest.raises(SystemExit):
+            parse_args([*base, *bad])
+
+
+async def test_pulls_through_the_process(scratch: Path, redis_process: Path, keys: Keys,
+                                         plain_registry: Registry, spawn: list[subprocess.Popen[bytes]]) -> None:
+    image = busybox.Image(layers=[b"".join([busybox.layer_tar([busybox.Entry("hello", data=os.urandom(64))])])])
+    await publish(plain_registry.host, "berth/process", "v1", build(image))
+    sock = scratch / "run" / "snap.sock"
+    proc = start(spawn, "--root", str(scratch / "state"), "--address", f"unix:{sock}", "--redis-url",
+                 f"unix://{redis_process}", "--redis-namespace", keys.ns, "--node-id", "pull-node",
+                 "--registry-certs-dir", str(scratch / "certs.d"), "--max-concurrent-downloads", "2",
+                 log=scratch / "log")
+    channel = rpc.insecure_channel(str(sock))
+    try:
+        async with asyncio.timeout(30):
+            await channel.channel_ready()
+        events = [e async for e in RemoteImages(channel).pull(f"{plain_registry.host}/berth/process:v1",
+                                                              RegistryAuth())]
+        assert isinstance(events[-1], PullResult) and events[-1].image.id == image.id
+    finally:
+        await channel.close()
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(proc.wait, 30) == 0  # registry connections closed on the way out

@@ -753,7 +753,7 @@ class Contents:
 
 
 class ImagesStub:
-    """Images moves whole images between archives, the content store and snapshots.
+    """Images moves whole images between archives, registries, the content store and snapshots.
     """
 
     def __init__(self, channel):
@@ -777,10 +777,25 @@ class ImagesStub:
                 request_serializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.UnpackRequest.SerializeToString,
                 response_deserializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.UnpackResponse.FromString,
                 _registered_method=True)
+        self.Pull = channel.unary_stream(
+                '/berth.snapshotter.v1.Images/Pull',
+                request_serializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.PullRequest.SerializeToString,
+                response_deserializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.PullResponse.FromString,
+                _registered_method=True)
+        self.Push = channel.unary_stream(
+                '/berth.snapshotter.v1.Images/Push',
+                request_serializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.PushRequest.SerializeToString,
+                response_deserializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.PushResponse.FromString,
+                _registered_method=True)
+        self.ImportRootfs = channel.stream_unary(
+                '/berth.snapshotter.v1.Images/ImportRootfs',
+                request_serializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ImportRootfsRequest.SerializeToString,
+                response_deserializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ImportRootfsResponse.FromString,
+                _registered_method=True)
 
 
 class ImagesServicer:
-    """Images moves whole images between archives, the content store and snapshots.
+    """Images moves whole images between archives, registries, the content store and snapshots.
     """
 
     def Import(self, request_iterator, context):
@@ -804,6 +819,30 @@ class ImagesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Pull(self, request, context):
+        """Pull fetches an image from its registry into this host: progress lines, then one result.
+        The first message is sent once the manifest and config are resolved, so errors before it
+        (unknown image, denied) end the call without any message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Push(self, request, context):
+        """Push sends an image stored on this host to a registry: progress lines, then one result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportRootfs(self, request_iterator, context):
+        """ImportRootfs makes a one-layer image of a (plain or gzip) tarball sent in chunks; the first
+        message carries the image config.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImagesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -822,6 +861,21 @@ def add_ImagesServicer_to_server(servicer, server):
                     request_deserializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.UnpackRequest.FromString,
                     response_serializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.UnpackResponse.SerializeToString,
             ),
+            'Pull': grpc.unary_stream_rpc_method_handler(
+                    servicer.Pull,
+                    request_deserializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.PullRequest.FromString,
+                    response_serializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.PullResponse.SerializeToString,
+            ),
+            'Push': grpc.unary_stream_rpc_method_handler(
+                    servicer.Push,
+                    request_deserializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.PushRequest.FromString,
+                    response_serializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.PushResponse.SerializeToString,
+            ),
+            'ImportRootfs': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportRootfs,
+                    request_deserializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ImportRootfsRequest.FromString,
+                    response_serializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ImportRootfsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'berth.snapshotter.v1.Images', rpc_method_handlers)
@@ -831,7 +885,7 @@ def add_ImagesServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Images:
-    """Images moves whole images between archives, the content store and snapshots.
+    """Images moves whole images between archives, registries, the content store and snapshots.
     """
 
     @staticmethod
@@ -905,6 +959,87 @@ class Images:
             '/berth.snapshotter.v1.Images/Unpack',
             protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.UnpackRequest.SerializeToString,
             protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.UnpackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pull(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/berth.snapshotter.v1.Images/Pull',
+            protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.PullRequest.SerializeToString,
+            protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.PullResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Push(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/berth.snapshotter.v1.Images/Push',
+            protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.PushRequest.SerializeToString,
+            protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.PushResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportRootfs(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/berth.snapshotter.v1.Images/ImportRootfs',
+            protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ImportRootfsRequest.SerializeToString,
+            protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ImportRootfsResponse.FromString,
             options,
             channel_credentials,
             insecure,
