@@ -3,7 +3,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 PROTOS := protos/shim/v1/shim.proto protos/snapshotter/v1/snapshotter.proto
-DEB_PACKAGES := redis-server busybox-static iptables docker-registry openssl tmux
+DEB_PACKAGES := redis-server busybox-static iptables nftables docker-registry openssl tmux
 
 .PHONY: install install-deb install-py run test protos protos-check lint bench clean
 
@@ -32,7 +32,7 @@ lint:
 	$(PYTHON) -m mypy apiserver shim snapshotter registry_client protos common
 
 bench:
-	$(PYTHON) -m tests.bench
+	$(PYTHON) -m tests.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -46,6 +46,15 @@ class DaemonConfig:
     node_id: str = ""
     insecure_registries: tuple[str, ...] = ()
     registry_certs_dir: Path = Path("/etc/berth/certs.d")
+    # networking (dockerd's --bridge/--bip/--default-address-pool; the rest are Berth's names
+    # on the host, so two Berths, or test sessions, never meet)
+    bridge: str = "berth0"
+    bip: str = ""
+    default_address_pools: tuple[str, ...] = ()
+    bridge_prefix: str = "br-"
+    veth_prefix: str = "veth"
+    nft_table: str = "berth"
+    resolv_conf: Path = Path("/etc/resolv.conf")
 
     @property
     def embedded(self) -> bool:
@@ -61,6 +70,9 @@ _FILE_KEYS = {
     "cgroup_parent": "cgroup-parent", "labels": "labels", "shutdown_timeout": "shutdown-timeout",
     "group": "group", "allow_insecure_tcp": "allow-insecure-tcp", "node_id": "node-id",
     "insecure_registries": "insecure-registries", "registry_certs_dir": "registry-certs-dir",
+    "bridge": "bridge", "bip": "bip", "default_address_pools": "default-address-pools",
+    "bridge_prefix": "bridge-prefix", "veth_prefix": "veth-prefix", "nft_table": "nft-table",
+    "resolv_conf": "resolv-conf",
 }
 
 
@@ -97,6 +109,17 @@ def parser() -> argparse.ArgumentParser:
                    help="registry (host[:port] or CIDR) that may be reached over plain HTTP (loopback always may)")
     p.add_argument("--registry-certs-dir", dest="registry_certs_dir", default=None,
                    help="per-registry TLS material: DIR/<host:port>/{ca.crt,client.cert,client.key}")
+    p.add_argument("-b", "--bridge", dest="bridge", default=None, help="name of the default bridge (berth0)")
+    p.add_argument("--bip", dest="bip", default=None,
+                   help="address/prefix of the default bridge (default: a free subnet, never 172.17.0.0/16)")
+    p.add_argument("--default-address-pool", dest="default_address_pools", action="append", default=None,
+                   help="pool of subnets for new networks: base=CIDR,size=N (repeatable)")
+    p.add_argument("--bridge-prefix", dest="bridge_prefix", default=None,
+                   help="name prefix of user-defined networks' bridges (br-)")
+    p.add_argument("--veth-prefix", dest="veth_prefix", default=None, help="name prefix of host-side veths (veth)")
+    p.add_argument("--nft-table", dest="nft_table", default=None, help="name of Berth's nftables table (berth)")
+    p.add_argument("--resolv-conf", dest="resolv_conf", default=None,
+                   help="resolver configuration containers' resolv.conf is built from (/etc/resolv.conf)")
     p.add_argument("-v", "--version", dest="version", action="store_true", help="print the version and exit")
     return p
 
@@ -162,4 +185,18 @@ def build(values: dict[str, Any]) -> DaemonConfig:
         node_id=str(values.get("node_id") or ""),
         insecure_registries=tuple(values.get("insecure_registries") or ()),
         registry_certs_dir=Path(values.get("registry_certs_dir") or default.registry_certs_dir),
+        bridge=_name(values.get("bridge") or default.bridge, "bridge", 15),
+        bip=str(values.get("bip") or ""),
+        default_address_pools=tuple(values.get("default_address_pools") or ()),
+        bridge_prefix=_name(values.get("bridge_prefix") or default.bridge_prefix, "bridge-prefix", 11),
+        veth_prefix=_name(values.get("veth_prefix") or default.veth_prefix, "veth-prefix", 11),
+        nft_table=_name(values.get("nft_table") or default.nft_table, "nft-table", 32),
+        resolv_conf=Path(values.get("resolv_conf") or default.resolv_conf),
     )
+
+
+def _name(value: str, flag: str, limit: int) -> str:
+    """Names that reach the host (interfaces, nft tables): short, no separators or spaces."""
+    if not value or len(value) > limit or any(c in value for c in "/ :\t\n"):
+        raise ConfigError(f"invalid --{flag} {value!r}: at most {limit} characters, no '/', ':' or spaces")
+    return value

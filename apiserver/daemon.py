@@ -29,23 +29,31 @@ from apiserver.config import ConfigError, DaemonConfig
 from apiserver.containers.backend import ContainerBackend
 from apiserver.containers.store import ContainerStore
 from apiserver.events import EventBus
+from apiserver.exec.backend import ExecBackend
 from apiserver.hijack import EngineRunner
 from apiserver.images.backend import ImageBackend
-from apiserver.images.distribution import DistributionBackend, RegistrySettings, default_insecure
+from apiserver.images.distribution import DistributionBackend, RegistrySettings
 from apiserver.images.store import ImageStore
 from apiserver.listen import start_sites, validate_listeners
+from apiserver.networks.backend import NetworkBackend, NetworkSettings
+from apiserver.networks.ipam import DEFAULT_POOLS, Pool, host_networks
+from apiserver.networks.store import NetworkStore
 from apiserver.nodes import NodeDirectory
 from apiserver.processes import ManagedProcess
 from apiserver.remote import connect_remote
 from apiserver.routers import build as build_router
 from apiserver.routers import containers as containers_router
+from apiserver.routers import exec as exec_router
 from apiserver.routers import images as images_router
+from apiserver.routers import networks as networks_router
+from apiserver.routers import runtime as runtime_router
 from apiserver.routers import system as system_router
 from apiserver.system import SystemBackend
 from common import redis_server
 from common.keys import Keys
 from common.nodes import load_or_create_node_id
 from protos.rpc import insecure_channel
+from registry_client.hosts import RegistryTLS, insecure_matcher
 from snapshotter.api import RegistryAuth
 
 log = structlog.get_logger()
@@ -111,7 +119,8 @@ def _embedded(cfg: DaemonConfig) -> Embedded:
     shim = ManagedProcess(
         "shim",
         [sys.executable, "-m", "shim", "--root", str(cfg.data_root / "shim"), "--exec-root", str(run / "shim"),
-         "--address", shim_sock, "--cgroup-parent", cfg.cgroup_parent, *common],
+         "--address", shim_sock, "--cgroup-parent", cfg.cgroup_parent, "--network-table", cfg.nft_table,
+         "--veth-prefix", cfg.veth_prefix, "--resolv-conf", str(cfg.resolv_conf), *common],
         run / "shim.pid", lambda: _grpc_ready(shim_sock), log_file=logs / "shim.log")
     # The snapshotter shares berthd's defaults; pass only what the operator set.
     registry_flags = ["--registry-certs-dir", str(cfg.registry_certs_dir)] if cfg.registry_certs_dir.exists() else []
@@ -165,14 +174,25 @@ class Daemon:
         bus = EventBus(redis, keys)
         container_store = ContainerStore(redis, keys)
         image_store = ImageStore(redis, keys)
+        networks = NetworkBackend(
+            redis=redis, keys=keys, store=NetworkStore(redis, keys), containers=container_store, nodes=directory,
+            settings=NetworkSettings(bridge=cfg.bridge, bip=cfg.bip, bridge_prefix=cfg.bridge_prefix,
+                                     pools=tuple(Pool.parse(p) for p in cfg.default_address_pools) or DEFAULT_POOLS),
+            host_networks=lambda: host_networks(resolv_conf=cfg.resolv_conf))
+        default_bridge = await networks.ensure_predefined()
+        await networks.reconcile()
+        if embedded is not None:  # the default bridge exists from the start, as docker0 does
+            await networks.ensure_on_node(default_bridge, embedded.node_id)
         containers = ContainerBackend(redis=redis, keys=keys, store=container_store, images=image_store,
-                                      nodes=directory, bus=bus)
+                                      nodes=directory, bus=bus, networks=networks)
         images = ImageBackend(redis=redis, keys=keys, store=image_store, containers=container_store,
                               nodes=directory)
-        distribution = DistributionBackend(
-            redis=redis, keys=keys, store=image_store, nodes=directory,
-            registries=RegistrySettings(insecure=default_insecure(cfg.insecure_registries),
-                                        session_factory=aiohttp.ClientSession))
+        insecure = insecure_matcher(cfg.insecure_registries)
+        registries = RegistrySettings(insecure=insecure, tls=RegistryTLS(insecure=insecure,
+                                                                         certs_dir=cfg.registry_certs_dir),
+                                      session_factory=aiohttp.ClientSession)
+        distribution = DistributionBackend(redis=redis, keys=keys, store=image_store, nodes=directory,
+                                           registries=registries)
         daemon_id = embedded.node_id if embedded else load_or_create_node_id(cfg.data_root)
         system = SystemBackend(containers=container_store, images=image_store, nodes=directory, bus=bus,
                                daemon_id=daemon_id, data_root=str(cfg.data_root), debug=cfg.debug,
@@ -186,7 +206,10 @@ class Daemon:
                            pull=pull_for_build)
 
         app = build_app([system_router.register, containers_router.register, images_router.register,
-                         build_router.register])
+                         build_router.register, networks_router.register, runtime_router.register,
+                         exec_router.register])
+        app[exec_router.EXECS] = ExecBackend(redis=redis, keys=keys, containers=container_store, nodes=directory)
+        app[networks_router.NETWORKS] = networks
         app[build_router.BUILDER] = new_builder
         app[system_router.SYSTEM] = system
         app[containers_router.CONTAINERS] = containers

@@ -17,6 +17,7 @@ from common.keys import Keys
 from common.nodes import NodeRecord
 from protos.errors import InvalidArgument, Unavailable
 from shim.api import Runtime
+from shim.network.api import Networks
 from snapshotter.api import ContentStore, Images, Snapshotter
 
 log = structlog.get_logger()
@@ -32,6 +33,7 @@ class HostServices:
     content: ContentStore
     images: Images
     close: Callable[[], Awaitable[None]]
+    networks: Networks
 
 
 Connector = Callable[[NodeRecord], Awaitable[HostServices]]

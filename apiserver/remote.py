@@ -6,6 +6,7 @@ from apiserver.nodes import HostServices
 from common.nodes import NodeRecord
 from protos.rpc import insecure_channel
 from shim.client import RemoteRuntime
+from shim.network.client import RemoteNetworks
 from snapshotter.client import RemoteContentStore, RemoteImages, RemoteSnapshotter
 
 
@@ -24,4 +25,5 @@ async def connect_remote(record: NodeRecord) -> HostServices:
         content=RemoteContentStore(snap_channel),
         images=RemoteImages(snap_channel),
         close=close,
+        networks=RemoteNetworks(shim_channel),
     )

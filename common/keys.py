@@ -40,6 +40,14 @@ class Keys:
     def names(self) -> str:
         return f"{self.ns}:names"
 
+    # exec sessions: hash exec:<id> (config JSON, apiserver; state JSON of shim.api.ExecState,
+    # shim); ctr:<id>:execs is the set of the container's execs that have not exited (ExecIDs)
+    def exec(self, id: str) -> str:
+        return f"{self.ns}:exec:{id}"
+
+    def container_execs(self, id: str) -> str:
+        return f"{self.ns}:ctr:{id}:execs"
+
     # images: hash img:<id> (config JSON, layers, size, created, tags/digests as JSON lists)
     def image(self, id: str) -> str:
         return f"{self.ns}:img:{id}"
@@ -72,6 +80,37 @@ class Keys:
 
     def heartbeat(self, node: str, part: str) -> str:
         return f"{self.ns}:node:{node}:hb:{part}"
+
+    # networks: hash net:<id> (config JSON); nets / nets:lex as for containers; netnames maps
+    # name → id; net:<id>:eps maps container id → endpoint JSON; net:<id>:ipam maps address →
+    # owner (IPAM allocations, see apiserver/networks/store.py); subnets maps subnet → id.
+    def network(self, id: str) -> str:
+        return f"{self.ns}:net:{id}"
+
+    @property
+    def networks(self) -> str:
+        return f"{self.ns}:nets"
+
+    @property
+    def networks_lex(self) -> str:
+        return f"{self.ns}:nets:lex"
+
+    @property
+    def network_names(self) -> str:
+        return f"{self.ns}:netnames"
+
+    def network_endpoints(self, id: str) -> str:
+        return f"{self.ns}:net:{id}:eps"
+
+    def ipam(self, id: str) -> str:
+        return f"{self.ns}:net:{id}:ipam"
+
+    def ipam_cursor(self, id: str) -> str:
+        return f"{self.ns}:net:{id}:ipam:next"
+
+    @property
+    def subnets(self) -> str:
+        return f"{self.ns}:subnets"
 
     # events: one capped stream
     @property

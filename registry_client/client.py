@@ -203,7 +203,7 @@ class RegistryClient:
                 if resp.status >= 400:
                     raise Unauthenticated(f"token server {realm} answered {resp.status}")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise Unauthenticated(f"cannot reach token server {realm}: {exc}") from None
+            raise Unauthenticated(f"cannot reach token server {realm}: {describe_connection_error(exc)}") from None
         try:
             doc = json.loads(body)
             token = doc.get("token") or doc.get("access_token")
@@ -245,7 +245,7 @@ class RegistryClient:
                     attempt += 1
                     await asyncio.sleep(0.2 * attempt)
                     continue
-                raise Unavailable(f'{method.capitalize()} "{url}": {exc}') from None
+                raise Unavailable(f'{method.capitalize()} "{url}": {describe_connection_error(exc)}') from None
             if resp.status == 401 and not retried_auth:
                 challenge = resp.headers.get("WWW-Authenticate", "")
                 resp.release()
@@ -542,6 +542,24 @@ class RegistryClient:
 def _upload_scope_plain(scope: str) -> str:
     """The push scope alone, from a scope that may also ask pull on a mount source."""
     return scope.split(" ", 1)[0]
+
+
+def describe_connection_error(exc: BaseException) -> str:
+    """A connection failure in the words Go's net package uses, without aiohttp's repr noise
+    (``Cannot connect to host x:443 ssl:<ssl.SSLContext …>``)."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"tls: failed to verify certificate: {exc.certificate_error}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        host = f"{exc.host}:{exc.port}"
+        inner = exc.os_error
+        if isinstance(inner, OSError) and inner.errno in (-2, -3, -5):  # EAI_NONAME/EAI_AGAIN/EAI_NODATA
+            return f"dial tcp: lookup {exc.host}: no such host"
+        if isinstance(inner, ConnectionRefusedError):
+            return f"dial tcp {host}: connect: connection refused"
+        return f"dial tcp {host}: {inner.strerror or inner}" if isinstance(inner, OSError) else f"dial tcp {host}"
+    if isinstance(exc, TimeoutError):
+        return "net/http: request canceled (Client.Timeout exceeded)"
+    return str(exc) or type(exc).__name__
 
 
 def _retry_after(value: str | None, default: float) -> float:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import grpc
 import redis.asyncio as aioredis
@@ -27,8 +28,14 @@ from common.keys import Keys
 from protos.errors import Unavailable
 from protos.rpc import SERVER_OPTIONS
 from protos.shim.v1 import shim_pb2_grpc
+from shim.api import Runtime
 from shim.linux import LinuxRuntime
+from shim.network.manager import NetworkConfig, NetworkManager
+from shim.network.redis_state import RedisNetStateSink
+from shim.network.runtime import networked
+from shim.network.service import NetworksServicer
 from shim.redis_sink import RedisStateSink
+from shim.restart import restart_on_boot
 from shim.service import TasksServicer
 from shim.supervisor.client import SupervisorPaths, spawn
 
@@ -47,6 +54,9 @@ class ShimConfig:
     node_id: str
     cgroup_parent: str
     log_level: str
+    network_table: str = "berth"
+    veth_prefix: str = "veth"
+    resolv_conf: Path = Path("/etc/resolv.conf")
 
 
 def parse_args(argv: list[str]) -> ShimConfig:
@@ -62,12 +72,18 @@ def parse_args(argv: list[str]) -> ShimConfig:
     parser.add_argument("--node-id", default="", help="default: <root>/node-id (created on first run)")
     parser.add_argument("--cgroup-parent", default="berth")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--network-table", default="berth", help="name of Berth's nftables table (ip family)")
+    parser.add_argument("--veth-prefix", default="veth", help="name prefix of host-side veth interfaces")
+    parser.add_argument("--resolv-conf", type=Path, default=Path("/etc/resolv.conf"),
+                        help="the host's resolver configuration, source of containers' resolv.conf")
     args = parser.parse_args(argv)
     root = args.root.absolute()
     return ShimConfig(root=root, exec_root=args.exec_root.absolute(), address=args.address,
                       redis_url=args.redis_url, redis_namespace=args.redis_namespace,
                       node_id=args.node_id or nodes.load_or_create_node_id(root),
-                      cgroup_parent=args.cgroup_parent, log_level=args.log_level)
+                      cgroup_parent=args.cgroup_parent, log_level=args.log_level,
+                      network_table=args.network_table, veth_prefix=args.veth_prefix,
+                      resolv_conf=args.resolv_conf.absolute())
 
 
 async def connect_runtime(cfg: ShimConfig, sink: RedisStateSink) -> tuple[LinuxRuntime, subprocess.Popen[bytes] | None]:
@@ -129,8 +145,19 @@ async def serve(cfg: ShimConfig) -> int:
     except BaseException:
         await redis.aclose()
         raise
+    manager = NetworkManager(NetworkConfig(
+        state_dir=cfg.root / "network", netns_dir=cfg.exec_root / "netns", table=cfg.network_table,
+        veth_prefix=cfg.veth_prefix, resolv_conf=cfg.resolv_conf), RedisNetStateSink(redis, keys))
+    try:
+        wrapped = await networked(runtime, manager)
+    except BaseException:
+        await runtime.close()
+        await redis.aclose()
+        raise
+    await restart_on_boot(runtime, cast(Runtime, wrapped))
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    shim_pb2_grpc.add_TasksServicer_to_server(TasksServicer(runtime), server)  # type: ignore[no-untyped-call]
+    shim_pb2_grpc.add_TasksServicer_to_server(TasksServicer(cast(Runtime, wrapped)), server)  # type: ignore[no-untyped-call]
+    shim_pb2_grpc.add_NetworksServicer_to_server(NetworksServicer(manager), server)  # type: ignore[no-untyped-call]
     listen_path = _listen(server, cfg.address)
     await server.start()
     if listen_path.startswith("/"):
@@ -149,6 +176,7 @@ async def serve(cfg: ShimConfig) -> int:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         lost = runtime.lost.is_set()
+        exiting = False
         if lost:
             log.error("supervisor_lost")  # the next shim starts a new supervisor, which recovers
         else:
@@ -157,6 +185,9 @@ async def serve(cfg: ShimConfig) -> int:
                 log.info("supervisor_exiting" if exiting else "supervisor_left_running")
                 if exiting and supervisor is not None:  # our child: reap it
                     await asyncio.to_thread(supervisor.wait, SHUTDOWN_GRACE)
+        await wrapped.close()
+        # Nothing runs any more: take Berth's bridges, veths, namespaces and nft table away.
+        await manager.close(teardown=exiting)
         await runtime.close()
         await redis.aclose()
         log.info("shim_stopped")

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from common.mounts import Mount
+from shim.network.api import Networking
 
 
 class Status(enum.StrEnum):
@@ -41,6 +42,7 @@ class Status(enum.StrEnum):
     RUNNING = "running"
     PAUSED = "paused"
     STOPPED = "stopped"
+    RESTARTING = "restarting"  # exited; its restart policy starts it again after a back-off
 
 
 class Stream(enum.IntEnum):
@@ -82,11 +84,56 @@ class Resources:
     cpuset_cpus: str = ""
     cpuset_mems: str = ""
     pids_limit: int = 0
+    oom_kill_disable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BindMount:
+    """A host file or directory bind-mounted at ``destination`` inside the container (resolved
+    within the rootfs, symlinks included, never escaping it), after the rootfs is mounted."""
+
+    source: str
+    destination: str
+    readonly: bool = False
 
 
 class NamespaceMode(enum.StrEnum):
     PRIVATE = "private"
     HOST = "host"
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """Docker's restart policy: ``no``, ``always``, ``unless-stopped`` or ``on-failure``
+    (``maximum_retry_count`` 0 = unlimited). The shim applies it: an exit that the policy restarts
+    leaves the container ``restarting`` for Docker's back-off (100 ms, doubling, at most 1 min,
+    back to 100 ms after 10 s of running); a manual stop or kill cancels it."""
+
+    name: str = "no"
+    maximum_retry_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Healthcheck:
+    """Docker's ``HealthConfig`` with durations in ns (0 = Docker's default). ``test`` is
+    ``("CMD", arg…)``, ``("CMD-SHELL", script)`` or empty/``("NONE",)`` for no check."""
+
+    test: tuple[str, ...] = ()
+    interval_ns: int = 0
+    timeout_ns: int = 0
+    start_period_ns: int = 0
+    start_interval_ns: int = 0
+    retries: int = 0
+    shell: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Ulimit:
+    """One ``--ulimit``: ``name`` as Docker spells it (``nofile``, ``nproc``…)."""
+
+    name: str
+    soft: int
+    hard: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +160,44 @@ class ContainerSpec:
     resources: Resources = field(default_factory=Resources)
     shm_size: int = 64 * 1024 * 1024
     labels: Mapping[str, str] = field(default_factory=dict)
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    healthcheck: Healthcheck = field(default_factory=Healthcheck)
+    ulimits: tuple[Ulimit, ...] = ()
+    sysctls: Mapping[str, str] = field(default_factory=dict)
+    group_add: tuple[str, ...] = ()
+    init: bool = False  # a reaping PID 1 (tini) runs the process, as --init
+    no_new_privileges: bool = False
+    # "" = Docker's default profile, "unconfined" = none, else a profile's JSON text.
+    seccomp_profile: str = ""
+    # Networking (shim/network): what the API server decided; the shim's network layer fills
+    # ``netns_path`` (a namespace file to join instead of creating one; network PRIVATE only)
+    # and ``binds`` (its generated /etc/hosts, /etc/hostname, /etc/resolv.conf).
+    networking: Networking = field(default_factory=Networking)
+    netns_path: str = ""
+    binds: tuple[BindMount, ...] = ()
+
+
+class HealthStatus(enum.StrEnum):
+    STARTING = "starting"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthLogEntry:
+    start_ns: int
+    end_ns: int
+    exit_code: int
+    output: str
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """Docker's ``State.Health``: the last five probe results."""
+
+    status: HealthStatus = HealthStatus.STARTING
+    failing_streak: int = 0
+    log: tuple[HealthLogEntry, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +213,35 @@ class ContainerState:
     oom_killed: bool = False
     error: str = ""
     log_path: str = ""
+    restart_count: int = 0
+    health: Health | None = None  # None: no healthcheck configured
+
+
+@dataclass(frozen=True, slots=True)
+class ExecSpec:
+    """A process to run inside a running container (``docker exec``). It joins every namespace
+    and cgroup of the container and gets the container's capabilities (all of the host's bounding
+    set with ``privileged``), seccomp profile, no_new_privs, rlimits and supplementary groups.
+    ``detach``: nobody reads its output, which is discarded."""
+
+    exec_id: str
+    process: ProcessSpec
+    privileged: bool = False
+    detach: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ExecState:
+    """One exec process. ``exit_code`` is meaningful once ``running`` is false and ``pid`` was
+    set (a process that could not start has exit code 126/127 and ``error``)."""
+
+    exec_id: str
+    container_id: str
+    pid: int = 0
+    running: bool = False
+    exit_code: int = 0
+    error: str = ""
+    args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,12 +290,83 @@ class EventType(enum.StrEnum):
     EXIT = "exit"
     OOM = "oom"
     DELETE = "delete"
+    PAUSE = "pause"
+    RESUME = "resume"
+    UPDATE = "update"  # state changed without a Docker event (restart cancelled, limits updated)
+    EXEC_START = "exec_start"
+    EXEC_EXIT = "exec_exit"
+    HEALTH_CHECK = "health_check"  # a probe ran; the health status did not change
+    HEALTH_STATUS = "health_status"  # a probe ran and changed the health status
 
 
 @dataclass(frozen=True, slots=True)
 class TaskEvent:
     type: EventType
     state: ContainerState
+    exec: ExecState | None = None  # exec and health events: the process concerned
+
+
+@dataclass(frozen=True, slots=True)
+class CPUUsage:
+    total_ns: int = 0
+    percpu_ns: tuple[int, ...] = ()
+    kernel_ns: int = 0
+    user_ns: int = 0
+    throttling_periods: int = 0
+    throttled_periods: int = 0
+    throttled_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BlkioEntry:
+    """One ``major:minor op value`` line of a blkio/io counter; ``kind`` names the Docker list
+    (``io_service_bytes_recursive``, ``io_serviced_recursive``…)."""
+
+    kind: str
+    major: int
+    minor: int
+    op: str
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkCounters:
+    rx_bytes: int = 0
+    rx_packets: int = 0
+    rx_errors: int = 0
+    rx_dropped: int = 0
+    tx_bytes: int = 0
+    tx_packets: int = 0
+    tx_errors: int = 0
+    tx_dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerStats:
+    """One sample of a running container's cgroup counters (Docker's stats, without the
+    previous sample). ``system_cpu_ns`` is the host's total from /proc/stat, read at the same
+    moment; ``memory_limit`` is capped at the host's memory."""
+
+    read_ns: int
+    cpu: CPUUsage = field(default_factory=CPUUsage)
+    system_cpu_ns: int = 0
+    online_cpus: int = 0
+    memory_usage: int = 0
+    memory_max_usage: int = 0
+    memory_limit: int = 0
+    memory_failcnt: int = 0
+    memory_stats: Mapping[str, int] = field(default_factory=dict)
+    pids_current: int = 0
+    pids_limit: int = 0
+    blkio: tuple[BlkioEntry, ...] = ()
+    networks: Mapping[str, NetworkCounters] = field(default_factory=dict)
+    cgroup_v2: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TopResult:
+    titles: tuple[str, ...]
+    processes: tuple[tuple[str, ...], ...]
 
 
 class StateSink(Protocol):
@@ -203,13 +388,20 @@ class Runtime(Protocol):
         """Fork and exec the container's process; returns once it runs (or raises StartFailed)."""
         ...
 
-    async def kill(self, id: str, signal: int = 15, all: bool = False) -> None:
-        """Send ``signal`` to the process (``all``: to every process of the container)."""
+    async def kill(self, id: str, signal: int = 15, all: bool = False, *, manual: bool = False,
+                   cancel_restart: bool = False) -> None:
+        """Send ``signal`` to the process (``all``: to every process of the container).
+        ``manual``: a user asked (an ``unless-stopped`` container then stays down);
+        ``cancel_restart``: the exit this causes is final, whatever the restart policy. A
+        ``restarting`` container has no process: only the cancellation applies. A paused
+        container is thawed after a cancelling signal, so that it can act on it."""
         ...
 
-    async def stop(self, id: str, signal: int = 15, timeout: float = 10.0) -> ContainerState:  # noqa: ASYNC109
+    async def stop(self, id: str, signal: int = 15, timeout: float = 10.0, *,
+                   manual: bool = True) -> ContainerState:
         """Send ``signal``; after ``timeout`` seconds (< 0: wait forever) send SIGKILL; return the
-        stopped state."""
+        stopped state. Pending and future restarts are cancelled; ``manual`` is false only when
+        the daemon stops containers to shut down (restart policies apply again at its next start)."""
         ...
 
     async def delete(self, id: str, force: bool = False) -> ContainerState:
@@ -249,4 +441,40 @@ class Runtime(Protocol):
 
     def events(self) -> AsyncIterator[TaskEvent]:
         """Every state transition from now on, in order."""
+        ...
+
+    async def pause(self, id: str) -> ContainerState:
+        """Freeze every process of a running container (cgroup freezer, v1 or v2);
+        ``ContainerNotRunning`` if it does not run, ``Conflict`` if already paused."""
+        ...
+
+    async def resume(self, id: str) -> ContainerState:
+        """Thaw a paused container; ``FailedPrecondition`` if it is not paused."""
+        ...
+
+    async def update(self, id: str, resources: Resources, restart_policy: RestartPolicy) -> ContainerState:
+        """Replace the container's limits and restart policy: written to its cgroups at once if it
+        runs, and kept for its next starts."""
+        ...
+
+    async def stats(self, id: str) -> ContainerStats:
+        """One sample of the counters of a running (or paused) container;
+        ``ContainerNotRunning`` otherwise."""
+        ...
+
+    async def top(self, id: str, ps_args: str) -> TopResult:
+        """The host's ``ps`` (``ps_args``, default ``-ef``) limited to the container's processes."""
+        ...
+
+    async def exec(self, id: str, spec: ExecSpec,
+                   stdin: AsyncIterator[AttachInput]) -> tuple[ExecState, AsyncIterator[Output]]:
+        """Start ``spec`` in the running container ``id``; returns once it runs (its start is
+        recorded) with its output, which ends when it exited and its exit is recorded.
+        ``StartFailed`` (the failure recorded, exit code 126/127), ``ContainerNotRunning``,
+        ``Conflict`` (paused) or ``AlreadyExists`` (the exec id ran already) otherwise. Without
+        ``detach`` the output must be read: it is not buffered elsewhere."""
+        ...
+
+    async def resize_exec(self, id: str, exec_id: str, height: int, width: int) -> None:
+        """Set an exec's pty window size; a no-op once it exited or without a terminal."""
         ...

@@ -57,11 +57,11 @@ def _open_decompressed(raw: IO[bytes]) -> IO[bytes]:
     head = raw.read(6)
     raw.seek(0)
     if head.startswith(b"\x1f\x8b"):
-        return gzip.GzipFile(fileobj=raw)
+        return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
     if head.startswith(b"BZh"):
         return bz2.BZ2File(raw)
     if head.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMAFile(raw)  # type: ignore[return-value]
+        return lzma.LZMAFile(raw)
     return raw
 
 

@@ -13,33 +13,38 @@ import signal as signal_module
 import time
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
 
 from apiserver.containers import create as create_mod
-from apiserver.containers import views
+from apiserver.containers import prune as prune_mod
+from apiserver.containers import runtime_options, views
 from apiserver.containers.names import generate_name
 from apiserver.containers.store import ContainerRecord, ContainerStore
 from apiserver.events import Event, EventBus
 from apiserver.httputil import Filters
 from apiserver.images.store import ImageStore
+from apiserver.networks.backend import NetworkBackend
 from apiserver.nodes import HostServices, NodeDirectory
 from common.events import append_event
-from common.keys import Keys
+from common.keys import Keys, text
 from protos.errors import (
     BerthError,
     Conflict,
     ContainerNotFound,
     ContainerNotRunning,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
+    NameConflict,
     NotFound,
     NotModified,
 )
-from shim.api import AttachInput, AttachOptions, ContainerState, LogEntry, LogsOptions, Output
+from shim.api import AttachInput, AttachOptions, ContainerState, LogEntry, LogsOptions, Output, Runtime
+from shim.network.api import Networking
 
 log = structlog.get_logger()
 
@@ -56,13 +61,14 @@ class WaitResult:
 
 class ContainerBackend:
     def __init__(self, *, redis: aioredis.Redis, keys: Keys, store: ContainerStore, images: ImageStore,
-                 nodes: NodeDirectory, bus: EventBus) -> None:
+                 nodes: NodeDirectory, bus: EventBus, networks: NetworkBackend | None = None) -> None:
         self._redis = redis
         self._keys = keys
         self.store = store
         self._images = images
         self._nodes = nodes
         self._bus = bus
+        self._networks = networks
 
     # -- helpers -----------------------------------------------------------------------------------
     async def _host(self, record: ContainerRecord) -> HostServices:
@@ -116,18 +122,27 @@ class ContainerBackend:
             await self.store.release_name(name, container_id)
             raise
         try:
+            networking = Networking()
+            if self._networks is not None:  # endpoints (IPAM) are allocated once the record exists
+                networking = await self._networks.attach_container(record, body)
+                await self.store.save_config(record)
             host = await self._nodes.host(node.id)
             mounts = await host.snapshots.prepare(container_id, image.chain_id,
                                                   {"berth.container": container_id})
             try:
-                await host.runtime.create(create_mod.container_spec(container_id, config, mounts))
+                spec = create_mod.container_spec(container_id, config, mounts)
+                await host.runtime.create(replace(spec, networking=networking))
             except BaseException:
                 await _ignore_missing(host.snapshots.remove(container_id))
                 raise
         except BaseException:
+            if self._networks is not None:
+                await self._networks.detach_container(record)
             await self.store.delete(record)
             raise
         await self._event(record, "create")
+        if self._networks is not None:
+            await self._networks.connected(record)
         return container_id, plan.warnings
 
     async def _unique_name(self, container_id: str) -> str:
@@ -146,6 +161,10 @@ class ContainerBackend:
             if record.status == "paused":
                 raise Conflict(f"cannot remove container \"/{record.name}\": container is paused and "
                                "must be unpaused first")
+            if record.status == "restarting":
+                raise FailedPrecondition(
+                    f'cannot remove container "/{record.name}": container is restarting: stop the container '
+                    "before removing or force remove")
             raise FailedPrecondition(
                 f'cannot remove container "/{record.name}": container is running: stop the container '
                 "before removing or force remove")
@@ -155,6 +174,8 @@ class ContainerBackend:
         host = await self._host(record)
         await _ignore_missing(host.runtime.delete(record.id, force=force))
         await _ignore_missing(host.snapshots.remove(record.id))
+        if self._networks is not None:
+            await self._networks.detach_container(record)
         await self.store.delete(record)
         await self._event(record, "destroy")
 
@@ -164,7 +185,8 @@ class ContainerBackend:
         size_rw = size_root = None
         if size:
             size_rw, size_root = await self._sizes(record)
-        return views.inspect_view(record, size_rw=size_rw, size_rootfs=size_root)
+        exec_ids = sorted(text(i) for i in await self._redis.smembers(self._keys.container_execs(record.id)))
+        return views.inspect_view(record, size_rw=size_rw, size_rootfs=size_root, exec_ids=exec_ids)
 
     async def _sizes(self, record: ContainerRecord) -> tuple[int, int]:
         host = await self._host(record)
@@ -194,6 +216,9 @@ class ContainerBackend:
     async def _filter(self, records: list[ContainerRecord], filters: Filters, *, all: bool) -> list[ContainerRecord]:
         if not filters:
             return records
+        for value in filters.get("health", []):
+            if value not in ("starting", "healthy", "unhealthy", "none"):
+                raise InvalidArgument(f"Unrecognised filter value for health: {value}")
         if "status" in filters:
             allowed = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
             for s in filters["status"]:
@@ -237,6 +262,8 @@ class ContainerBackend:
             if before_ns is not None and created >= before_ns:
                 return False
             if since_ns is not None and created <= since_ns:
+                return False
+            if "health" in filters and _health_status(r) not in filters["health"]:
                 return False
             if any(v in ("true", "1") for v in filters.get("is-task", [])):
                 return False
@@ -295,8 +322,12 @@ class ContainerBackend:
         if not record.running:
             raise ContainerNotRunning(f"cannot kill container: {record.id}: container {record.id} is not running")
         host = await self._host(record)
+        # moby's killWithSignal: a user's kill keeps an unless-stopped container down, and a kill with
+        # the stop signal (or SIGKILL) ends restarts.
+        stop_signal = record.config["Config"].get("StopSignal")
+        final = sig == signal_module.SIGKILL or not stop_signal or create_mod.parse_signal(stop_signal) == sig
         try:
-            await host.runtime.kill(record.id, sig)
+            await host.runtime.kill(record.id, sig, manual=True, cancel_restart=final)
         except ContainerNotRunning:
             raise ContainerNotRunning(
                 f"cannot kill container: {record.id}: container {record.id} is not running") from None
@@ -331,6 +362,8 @@ class ContainerBackend:
             if condition == "not-running" and not current.running:
                 yield WaitResult(exit_code)
                 return
+            if condition == "not-running":
+                wanted = set()  # a die may be followed by a restart: decided on the record below
             if condition == "removed" and not current.running and not current.config["HostConfig"].get("AutoRemove"):
                 # Nothing will remove it by itself: wait for an explicit `docker rm`.
                 pass
@@ -341,6 +374,11 @@ class ContainerBackend:
                 if event.action in wanted:
                     yield WaitResult(exit_code)
                     return
+                if condition == "not-running" and event.action == "die":
+                    now = await self._current(record.id)
+                    if now is None or not now.running:
+                        yield WaitResult(exit_code)
+                        return
 
     async def _current(self, id: str) -> ContainerRecord | None:
         try:
@@ -418,7 +456,7 @@ class ContainerBackend:
         async def stop_one(record: ContainerRecord) -> None:
             sig, wait = self._stop_params(record, None, None)
             try:
-                await host.runtime.stop(record.id, sig, float(min(wait, max_timeout)))
+                await host.runtime.stop(record.id, sig, float(min(wait, max_timeout)), manual=False)
             except (NotModified, NotFound):
                 pass
             except BerthError as exc:
@@ -427,9 +465,92 @@ class ContainerBackend:
         async with asyncio.timeout(max_timeout + 5):
             await asyncio.gather(*(stop_one(r) for r in records))
 
+    # -- pause, top, stats, rename, update, prune ---------------------------------------------------
+    async def pause(self, ref: str) -> None:
+        record = await self.store.resolve(ref)
+        if record.status == "restarting":
+            raise Conflict(f"Container {record.id} is restarting, wait until the container is running")
+        if not record.running:
+            raise ContainerNotRunning(f"container {record.id} is not running")
+        host = await self._host(record)
+        await host.runtime.pause(record.id)
+
+    async def unpause(self, ref: str) -> None:
+        record = await self.store.resolve(ref)
+        if record.status != "paused":
+            raise Internal(f"Container {record.id} is not paused")
+        host = await self._host(record)
+        await host.runtime.resume(record.id)
+
+    async def top(self, ref: str, ps_args: str) -> dict[str, Any]:
+        record = await self.store.resolve(ref)
+        if record.status == "restarting":
+            raise Conflict(f"Container {record.id} is restarting, wait until the container is running")
+        if not record.running:
+            raise ContainerNotRunning(f"container {record.id} is not running")
+        host = await self._host(record)
+        result = await host.runtime.top(record.id, ps_args)
+        await self._event(record, "top")
+        return {"Titles": list(result.titles), "Processes": [list(row) for row in result.processes]}
+
+    async def stats_source(self, ref: str) -> tuple[ContainerRecord, Runtime]:
+        record = await self.store.resolve(ref)
+        return record, (await self._host(record)).runtime
+
+    async def rename(self, ref: str, new_name: str) -> None:
+        if not ref or not new_name:
+            raise InvalidArgument("Neither old nor new names may be empty")
+        record = await self.store.resolve(ref)
+        new_name = create_mod.validate_name(new_name)
+        if new_name == record.name:
+            raise InvalidArgument("Renaming a container with the same name as its current name")
+        old = record.name
+        try:
+            record = await self.store.rename(record.id, new_name)
+        except NameConflict as exc:
+            raise NameConflict(f"Error when allocating new name: {exc.message}") from None
+        await self._event(record, "rename", oldName="/" + old)
+
+    async def update(self, ref: str, body: Any) -> list[str]:
+        record = await self.store.resolve(ref)
+        host_config, warnings = runtime_options.merge_update(record.id, record.config["HostConfig"], body)
+        host = await self._host(record)
+        # The shim first (its errors say "Cannot update container …"): a failure changes nothing.
+        await host.runtime.update(record.id, runtime_options.resources(host_config),
+                                  runtime_options.restart_policy(host_config.get("RestartPolicy")))
+        await self.store.update_host_config(record.id, host_config)
+        await self._event(record, "update")
+        return warnings
+
+    async def prune(self, filters: Filters) -> dict[str, Any]:
+        until_ns = prune_mod.until(filters)
+        deleted: list[str] = []
+        reclaimed = 0
+        for record in await self.store.all():
+            if record.running or not prune_mod.matches(record, filters, until_ns):
+                continue
+            try:
+                size = (await (await self._host(record)).snapshots.usage(record.id)).size
+            except BerthError:
+                size = 0
+            try:
+                await self._remove_record(record, force=False)
+            except BerthError as exc:
+                log.warning("prune_failed", container=record.id, error=str(exc))
+                continue
+            deleted.append(record.id)
+            reclaimed += max(size, 0)
+        await append_event(self._redis, self._keys, "container", "prune", "", {"reclaimed": str(reclaimed)})
+        return {"ContainersDeleted": deleted or None, "SpaceReclaimed": reclaimed}
+
     async def states(self, node: str) -> list[ContainerState]:
         host = await self._nodes.host(node)
         return await host.runtime.list()
+
+
+def _health_status(record: ContainerRecord) -> str:
+    health = record.state.get("health")
+    return str(health.get("status", "none")) if isinstance(health, dict) else "none"
 
 
 def _name_matches(name: str, pattern: str) -> bool:

@@ -12,19 +12,19 @@ import signal as signal_module
 from dataclasses import dataclass
 from typing import Any
 
+from apiserver.containers import runtime_options
 from apiserver.images.store import ImageRecord
 from common.mounts import Mount
-from protos.errors import InvalidArgument, NotFound
-from shim.api import ContainerSpec, NamespaceMode, ProcessSpec, Resources
+from protos.errors import InvalidArgument
+from shim.api import ContainerSpec, NamespaceMode, ProcessSpec
 
 _NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 
 # HostConfig keys that later issues implement; a non-empty value is refused until then.
-_NOT_YET = ("Binds", "Mounts", "Tmpfs", "VolumesFrom", "PortBindings", "Links", "Devices", "DeviceRequests",
-            "Dns", "DnsSearch", "DnsOptions", "ExtraHosts", "Sysctls", "Ulimits", "SecurityOpt", "GroupAdd",
-            "Init", "PublishAllPorts", "OomKillDisable", "CgroupParent", "BlkioWeight",
+_NOT_YET = ("Binds", "Mounts", "Tmpfs", "VolumesFrom", "Links", "Devices", "DeviceRequests",
+            "CgroupParent", "BlkioWeight",
             "BlkioWeightDevice", "BlkioDeviceReadBps", "BlkioDeviceWriteBps", "VolumeDriver",
-            "StorageOpt", "Runtime", "UsernsMode", "MaskedPaths", "ReadonlyPaths", "DeviceCgroupRules",
+            "StorageOpt", "Runtime", "MaskedPaths", "ReadonlyPaths", "DeviceCgroupRules",
             "CgroupnsMode", "OomScoreAdj", "KernelMemory", "MemorySwappiness")
 
 DEFAULT_STOP_TIMEOUT = 10
@@ -106,22 +106,16 @@ def plan(body: dict[str, Any], image: ImageRecord, image_ref: str) -> CreatePlan
         value = host_config.get(key)
         if value not in (None, "", 0, False, [], {}) and not (key == "MemorySwappiness" and value == -1):
             raise InvalidArgument(f"HostConfig.{key} is not supported by Berth yet")
-    restart = host_config.get("RestartPolicy") or {}
-    if restart.get("Name") not in (None, "", "no"):
-        raise InvalidArgument("restart policies are not supported by Berth yet")
     log_type = (host_config.get("LogConfig") or {}).get("Type") or "json-file"
     if log_type != "json-file":
         raise InvalidArgument(f"logging driver {log_type!r} is not supported by Berth (only json-file)")
-    if body.get("Healthcheck") and (body["Healthcheck"].get("Test") or [None])[0] not in (None, "NONE"):
-        raise InvalidArgument("healthchecks are not supported by Berth yet")
 
+    # The network itself is resolved (404 `network x not found`) by the network backend.
     network_mode = host_config.get("NetworkMode") or "default"
     if network_mode == "default":
         network_mode = "bridge"
-    if network_mode not in ("bridge", "none", "host"):
-        if network_mode.startswith("container:"):
-            raise InvalidArgument("network mode container:<id> is not supported by Berth yet")
-        raise NotFound(f"network {network_mode} not found")
+    if network_mode == "container:":
+        raise InvalidArgument("invalid network mode: container:")
     host_config["NetworkMode"] = network_mode
     for key in ("PidMode", "IpcMode", "UTSMode"):
         _namespace(host_config.get(key) or "", key.removesuffix("Mode").upper())
@@ -157,7 +151,8 @@ def plan(body: dict[str, Any], image: ImageRecord, image_ref: str) -> CreatePlan
         "AttachStdin": bool(body.get("AttachStdin")),
         "AttachStdout": bool(body.get("AttachStdout")),
         "AttachStderr": bool(body.get("AttachStderr")),
-        "ExposedPorts": {**(image_config.get("ExposedPorts") or {}), **(body.get("ExposedPorts") or {})} or None,
+        "ExposedPorts": {**(image_config.get("ExposedPorts") or {}), **(body.get("ExposedPorts") or {}),
+                         **{k: {} for k in (host_config.get("PortBindings") or {})}} or None,
         "Tty": bool(body.get("Tty")),
         "OpenStdin": bool(body.get("OpenStdin")),
         "StdinOnce": bool(body.get("StdinOnce")),
@@ -181,17 +176,17 @@ def plan(body: dict[str, Any], image: ImageRecord, image_ref: str) -> CreatePlan
     if config["WorkingDir"] and not config["WorkingDir"].startswith("/"):
         raise InvalidArgument(
             f"the working directory '{config['WorkingDir']}' is invalid, it needs to be an absolute path")
-    memory = int(host_config.get("Memory") or 0)
-    if memory and memory < 6 * 1024 * 1024:
-        raise InvalidArgument("Minimum memory limit allowed is 6MB")
-    swap = int(host_config.get("MemorySwap") or 0)
-    if swap > 0 and memory and swap < memory:
-        raise InvalidArgument("Minimum memoryswap limit should be larger than memory limit, see usage")
-    if host_config.get("NanoCpus") and (host_config.get("CpuQuota") or host_config.get("CpuPeriod")):
-        raise InvalidArgument("Conflicting options: Nano CPUs and CPU Period cannot both be set")
-    if int(host_config.get("NanoCpus") or 0) > (_cpus() * 1_000_000_000):
-        raise InvalidArgument(f"Range of CPUs is from 0.01 to {_cpus()}.00, as there are only {_cpus()} CPUs available")
-    return CreatePlan(config=config, host_config=host_config, path=argv[0], args=argv[1:], warnings=[])
+    health = runtime_options.merge_healthcheck(body.get("Healthcheck"), image_config.get("Healthcheck"))
+    if health is not None:
+        config["Healthcheck"] = health
+    if image_config.get("Shell"):
+        config["Shell"] = image_config["Shell"]
+    if not host_config["RestartPolicy"].get("Name"):
+        host_config["RestartPolicy"] = {**host_config["RestartPolicy"], "Name": "no"}
+    warnings = runtime_options.validate(host_config, config)
+    if network_mode == "host" and (host_config.get("PortBindings") or host_config.get("PublishAllPorts")):
+        warnings.append("Published ports are discarded when using host network mode")
+    return CreatePlan(config=config, host_config=host_config, path=argv[0], args=argv[1:], warnings=warnings)
 
 
 def _cpus() -> int:
@@ -228,18 +223,7 @@ def container_spec(id: str, record_config: dict[str, Any], rootfs: list[Mount]) 
         console_height=int(console[0] or 0),
         console_width=int(console[1] or 0),
     )
-    resources = Resources(
-        memory=int(host.get("Memory") or 0),
-        memory_swap=int(host.get("MemorySwap") or 0),
-        memory_reservation=int(host.get("MemoryReservation") or 0),
-        nano_cpus=int(host.get("NanoCpus") or 0),
-        cpu_shares=int(host.get("CpuShares") or 0),
-        cpu_period=int(host.get("CpuPeriod") or 0),
-        cpu_quota=int(host.get("CpuQuota") or 0),
-        cpuset_cpus=host.get("CpusetCpus") or "",
-        cpuset_mems=host.get("CpusetMems") or "",
-        pids_limit=max(0, int(host.get("PidsLimit") or 0)),
-    )
+    resources = runtime_options.resources(host)
     return ContainerSpec(
         id=id,
         rootfs=tuple(rootfs),
@@ -257,4 +241,5 @@ def container_spec(id: str, record_config: dict[str, Any], rootfs: list[Mount]) 
         resources=resources,
         shm_size=int(host.get("ShmSize") or 0) or 64 * 1024 * 1024,
         labels=dict(config.get("Labels") or {}),
+        **runtime_options.spec_options(config, host),
     )

@@ -7,7 +7,7 @@ its indexes are written and removed in one MULTI/EXEC.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -19,12 +19,14 @@ from protos.errors import ContainerNotFound, InvalidArgument, NameConflict
 @dataclass(slots=True)
 class ContainerRecord:
     """``config`` is the Docker-shaped configuration the API server owns; ``state`` is the shim's
-    ``ContainerState`` as a dict ({} until the shim first reports)."""
+    ``ContainerState`` as a dict ({} until the shim first reports); ``net`` the shim's network
+    state (files, namespace, port bindings in force)."""
 
     id: str
     config: dict[str, Any]
     state: dict[str, Any]
     node: str
+    net: dict[str, Any] = field(default_factory=dict)  # the shim's NetworkState (shim/network/api.py)
 
     @property
     def name(self) -> str:
@@ -36,15 +38,17 @@ class ContainerRecord:
 
     @property
     def running(self) -> bool:
-        return self.status in ("running", "paused")
+        """Docker's State.Running: also while paused or waiting to be restarted by its policy."""
+        return self.status in ("running", "paused", "restarting")
 
 
 def _decode(id: str, raw: Any) -> ContainerRecord | None:
     if b"config" not in raw:
         return None
     state = json.loads(raw[b"state"]) if b"state" in raw else {}
+    net = json.loads(raw[b"net"]) if b"net" in raw else {}
     return ContainerRecord(id=id, config=json.loads(raw[b"config"]), state=state,
-                           node=raw.get(b"node", b"").decode())
+                           node=raw.get(b"node", b"").decode(), net=net)
 
 
 _RELEASE_NAME = """
@@ -81,6 +85,52 @@ class ContainerStore:
 
     async def save_config(self, record: ContainerRecord) -> None:
         await self._redis.hset(self._keys.container(record.id), "config", json.dumps(record.config))
+
+    async def rename(self, id: str, new_name: str) -> ContainerRecord:
+        """Move the container to ``new_name`` in the name index and its record in one
+        transaction (WATCH on both, retried if either changes meanwhile)."""
+        key = self._keys.container(id)
+        while True:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(self._keys.names, key)
+                    owner = await pipe.hget(self._keys.names, new_name)
+                    if owner is not None:
+                        raise NameConflict(
+                            f'Conflict. The container name "/{new_name}" is already in use by container '
+                            f'"{text(owner)}". You have to remove (or rename) that container to be able to reuse '
+                            "that name.")
+                    record = _decode(id, await pipe.hgetall(key))
+                    if record is None:
+                        raise ContainerNotFound(f"No such container: {id}")
+                    old_name = record.name
+                    record.config["Name"] = "/" + new_name
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.hset(self._keys.names, new_name, id)
+                    pipe.hdel(self._keys.names, old_name)
+                    pipe.hset(key, "config", json.dumps(record.config))
+                    await pipe.execute()
+                    return record
+                except aioredis.WatchError:
+                    continue
+
+    async def update_host_config(self, id: str, host_config: dict[str, Any]) -> ContainerRecord:
+        """Replace the record's HostConfig (WATCH-guarded against a concurrent config write)."""
+        key = self._keys.container(id)
+        while True:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    record = _decode(id, await pipe.hgetall(key))
+                    if record is None:
+                        raise ContainerNotFound(f"No such container: {id}")
+                    record.config["HostConfig"] = host_config
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.hset(key, "config", json.dumps(record.config))
+                    await pipe.execute()
+                    return record
+                except aioredis.WatchError:
+                    continue
 
     async def get(self, id: str) -> ContainerRecord:
         record = _decode(id, await self._redis.hgetall(self._keys.container(id)))

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from apiserver.containers.store import ContainerRecord
+from apiserver.networks import views as network_views
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
@@ -74,9 +75,18 @@ def status_string(record: ContainerRecord, now_ns: int | None = None) -> str:
     now = time.time_ns() if now_ns is None else now_ns
     state = record.state
     status = docker_status(record)
+    if status == "restarting":
+        ago = human_duration((now - int(state.get("finished_at_ns", 0))) / 1e9)
+        return f"Restarting ({state.get('exit_code', 0)}) {ago} ago"
     if status in ("running", "paused"):
         text = f"Up {human_duration((now - int(state.get('started_at_ns', 0))) / 1e9)}"
-        return text + " (Paused)" if status == "paused" else text
+        if status == "paused":
+            return text + " (Paused)"
+        health = state.get("health")
+        if isinstance(health, dict) and health.get("status"):
+            label = "health: starting" if health["status"] == "starting" else health["status"]
+            return f"{text} ({label})"
+        return text
     if status == "exited":
         ago = human_duration((now - int(state.get("finished_at_ns", 0))) / 1e9)
         return f"Exited ({state.get('exit_code', 0)}) {ago} ago"
@@ -90,7 +100,7 @@ def state_view(record: ContainerRecord) -> dict[str, Any]:
     status = docker_status(record)
     return {
         "Status": status,
-        "Running": status in ("running", "paused"),
+        "Running": status in ("running", "paused", "restarting"),
         "Paused": status == "paused",
         "Restarting": status == "restarting",
         "OOMKilled": bool(state.get("oom_killed")),
@@ -100,21 +110,22 @@ def state_view(record: ContainerRecord) -> dict[str, Any]:
         "Error": state.get("error", ""),
         "StartedAt": rfc3339_nano(int(state.get("started_at_ns", 0))),
         "FinishedAt": rfc3339_nano(int(state.get("finished_at_ns", 0))),
+        **health_view(state.get("health")),
     }
 
 
-def _network_settings() -> dict[str, Any]:
-    return {
-        "Bridge": "", "SandboxID": "", "SandboxKey": "", "Ports": {}, "HairpinMode": False,
-        "LinkLocalIPv6Address": "", "LinkLocalIPv6PrefixLen": 0, "SecondaryIPAddresses": None,
-        "SecondaryIPv6Addresses": None, "EndpointID": "", "Gateway": "", "GlobalIPv6Address": "",
-        "GlobalIPv6PrefixLen": 0, "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "",
-        "MacAddress": "", "Networks": {},
-    }
+def health_view(health: Any) -> dict[str, Any]:
+    """``State.Health`` (omitted without a healthcheck)."""
+    if not isinstance(health, dict):
+        return {}
+    log = [{"Start": rfc3339_nano(int(e.get("start_ns", 0))), "End": rfc3339_nano(int(e.get("end_ns", 0))),
+            "ExitCode": int(e.get("exit_code", 0)), "Output": e.get("output", "")} for e in health.get("log") or ()]
+    return {"Health": {"Status": health.get("status", "starting"),
+                       "FailingStreak": int(health.get("failing_streak", 0)), "Log": log}}
 
 
 def inspect_view(record: ContainerRecord, *, size_rw: int | None = None,
-                 size_rootfs: int | None = None) -> dict[str, Any]:
+                 size_rootfs: int | None = None, exec_ids: list[str] | None = None) -> dict[str, Any]:
     cfg = record.config
     out: dict[str, Any] = {
         "Id": record.id,
@@ -123,9 +134,7 @@ def inspect_view(record: ContainerRecord, *, size_rw: int | None = None,
         "Args": cfg["Args"],
         "State": state_view(record),
         "Image": cfg["Image"],
-        "ResolvConfPath": "",
-        "HostnamePath": "",
-        "HostsPath": "",
+        **network_views.file_paths(record),
         "LogPath": record.state.get("log_path", ""),
         "Name": cfg["Name"],
         "RestartCount": int(record.state.get("restart_count", 0)),
@@ -134,12 +143,12 @@ def inspect_view(record: ContainerRecord, *, size_rw: int | None = None,
         "MountLabel": "",
         "ProcessLabel": "",
         "AppArmorProfile": "",
-        "ExecIDs": None,
+        "ExecIDs": exec_ids or None,
         "HostConfig": cfg["HostConfig"],
         "GraphDriver": {"Data": None, "Name": "overlay2"},
         "Mounts": [],
         "Config": cfg["Config"],
-        "NetworkSettings": _network_settings(),
+        "NetworkSettings": network_views.network_settings(record),
         "Node": cfg.get("Node"),
     }
     if size_rw is not None:
@@ -166,11 +175,11 @@ def summary_view(record: ContainerRecord, now_ns: int | None = None) -> dict[str
         "ImageID": cfg["Image"],
         "Command": command_string(record),
         "Created": int(cfg.get("CreatedNs", 0)) // 1_000_000_000,
-        "Ports": [],
+        "Ports": network_views.port_list(record),
         "Labels": cfg["Config"].get("Labels") or {},
         "State": docker_status(record),
         "Status": status_string(record, now_ns),
         "HostConfig": {"NetworkMode": cfg["HostConfig"].get("NetworkMode", "bridge")},
-        "NetworkSettings": {"Networks": {}},
+        "NetworkSettings": {"Networks": network_views.networks(record)},
         "Mounts": [],
     }

@@ -27,6 +27,7 @@ from protos.errors import BerthError, ImageNotFound, InvalidArgument
 from registry_client import reference
 from registry_client.auth import Credentials, decode_registry_auth
 from registry_client.client import RegistryClient, registry_host
+from registry_client.hosts import RegistryTLS
 from registry_client.reference import Reference
 from snapshotter.api import ExportImage, LayerRef, Progress, PullResult, PushResult, RegistryAuth
 from snapshotter.api import ImageRecord as HostImage
@@ -80,9 +81,11 @@ def _created_ns(config: dict[str, Any]) -> int:
 
 @dataclass(frozen=True, slots=True)
 class RegistrySettings:
-    """How the API server itself reaches registries (``docker login``)."""
+    """How the API server itself reaches registries (``docker login``): the same insecure list
+    and certs.d as the snapshotters use."""
 
     insecure: Callable[[str], bool]
+    tls: RegistryTLS
     session_factory: Callable[[], aiohttp.ClientSession]
 
 
@@ -191,7 +194,7 @@ class DistributionBackend:
         creds = Credentials(username=str(body.get("username") or ""), password=str(body.get("password") or ""),
                             identity_token=str(body.get("identitytoken") or ""))
         async with self._registries.session_factory() as session:
-            client = RegistryClient(session, insecure=self._registries.insecure)
+            client = RegistryClient(session, insecure=self._registries.insecure, tls=self._registries.tls.context)
             await client.ping(host, creds)
         return {"Status": "Login Succeeded", "IdentityToken": ""}
 
@@ -218,32 +221,4 @@ class DistributionBackend:
         raise InvalidArgument("distribution inspect needs the registry; not available yet")
 
 
-def default_insecure(extra: tuple[str, ...]) -> Callable[[str], bool]:
-    """dockerd's rule: loopback registries and those named with --insecure-registry are
-    allowed over plain HTTP (HTTPS is still tried first)."""
-    import ipaddress
-
-    networks = []
-    names = set()
-    for item in extra:
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            names.add(item)
-
-    def insecure(host: str) -> bool:
-        if host in names:
-            return True
-        hostname = host.rsplit(":", 1)[0].strip("[]") if host.count(":") <= 1 or host.startswith("[") else host
-        if hostname == "localhost":
-            return True
-        try:
-            ip = ipaddress.ip_address(hostname)
-        except ValueError:
-            return hostname in names
-        return ip.is_loopback or any(ip in net for net in networks)
-
-    return insecure
-
-
-__all__ = ["DistributionBackend", "RegistrySettings", "default_insecure", "pull_reference", "registry_auth"]
+__all__ = ["DistributionBackend", "RegistrySettings", "pull_reference", "registry_auth"]

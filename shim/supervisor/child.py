@@ -16,6 +16,7 @@ PID 1 of its own PID namespace (the supervisor unshared CLONE_NEWPID before fork
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import gc
 import os
@@ -26,7 +27,7 @@ import stat
 import struct
 import termios
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 from common import linux
 from common.mounts import Mount, mount_all
@@ -76,6 +77,13 @@ class ChildPlan:
     pty_socket_fd: int  # terminal: the master goes back to the supervisor through this socket
     err_fd: int
     nofile: tuple[int, int]
+    netns_path: str = ""  # join this network namespace (CLONE_NEWNET is then not in unshare_flags)
+    binds: tuple[tuple[str, str, bool], ...] = ()  # (host source, path in the container, read-only)
+    sysctls: tuple[tuple[str, str], ...] = ()  # written in the container's namespaces
+    rlimits: tuple[tuple[int, int, int], ...] = ()  # (RLIMIT_*, soft, hard)
+    group_add: tuple[str, ...] = ()  # supplementary groups: names in /etc/group, or numbers
+    no_new_privileges: bool = False
+    seccomp: bytes = b""  # a BPF program (shim.supervisor.seccomp), installed just before execve
 
 
 class StartError(Exception):
@@ -94,12 +102,17 @@ def run(plan: ChildPlan) -> NoReturn:
     step = "init"
     try:
         os.umask(0)  # modes below are meant as written (device nodes 0666); the process gets 022
-        _reset_signals()
+        reset_signals()
         step = "join cgroups"
         os.setsid()
         for path in plan.cgroup_procs:
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
             os.write(fd, b"0")
+            os.close(fd)
+        if plan.netns_path:
+            step = "join network namespace"
+            fd = os.open(plan.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+            linux.setns(fd, linux.CLONE_NEWNET)
             os.close(fd)
         step = "create namespaces"
         if plan.unshare_flags:
@@ -114,6 +127,9 @@ def run(plan: ChildPlan) -> NoReturn:
         linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
         step = "mount rootfs"
         mount_all(plan.mounts, plan.rootfs)
+        if plan.binds:
+            step = "bind mounts"
+            _bind_mounts(plan)
         step = "mount filesystems"
         slave = _mount_filesystems(plan)
         step = "pivot_root"
@@ -135,7 +151,7 @@ def run(plan: ChildPlan) -> NoReturn:
         os._exit(1)
 
 
-def _reset_signals() -> None:
+def reset_signals() -> None:
     # Handlers are reset by execve but ignored signals are not (Python ignores SIGPIPE/SIGXFSZ),
     # and the supervisor's wakeup fd must not see this child's signals.
     signal.set_wakeup_fd(-1)
@@ -174,6 +190,67 @@ def _mount_at(root_fd: int, name: str, source: str, fstype: str, flags: int, dat
         os.close(fd)
 
 
+def _bind_mounts(plan: ChildPlan) -> None:
+    """Bind each source on its destination, resolved inside the rootfs by the kernel
+    (``RESOLVE_IN_ROOT``: an image's symlinks cannot point the mount outside it); a missing
+    destination is created, as Docker does for /etc/hosts and friends."""
+    root_fd = os.open(plan.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for source, dest, readonly in plan.binds:
+            try:
+                fd = _open_in_root(root_fd, dest, os.path.isdir(source))
+            except OSError as exc:
+                raise StartError(f'error mounting "{source}" to rootfs at "{dest}": '
+                                 f"{errtext(exc.errno or 0)}") from None
+            try:
+                target = f"/proc/self/fd/{fd}"
+                linux.mount(source, target, None, linux.MS_BIND | linux.MS_REC)
+                if readonly:
+                    # ``fd`` still names what is under the new mount: remount through a fresh lookup.
+                    mounted = linux.openat2(root_fd, dest.strip("/"), os.O_PATH, resolve=linux.RESOLVE_IN_ROOT)
+                    try:
+                        linux.mount(None, f"/proc/self/fd/{mounted}", None,
+                                    linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY)
+                    finally:
+                        os.close(mounted)
+            except OSError as exc:
+                raise StartError(f'error mounting "{source}" to rootfs at "{dest}": '
+                                 f"{errtext(exc.errno or 0)}") from None
+            finally:
+                os.close(fd)
+    finally:
+        os.close(root_fd)
+
+
+def _open_in_root(root_fd: int, dest: str, directory: bool) -> int:
+    """An O_PATH fd of ``dest`` inside the rootfs, creating it (and its parents) if missing."""
+    rel = dest.strip("/")
+    try:
+        return linux.openat2(root_fd, rel, os.O_PATH, resolve=linux.RESOLVE_IN_ROOT)
+    except FileNotFoundError:
+        pass
+    parts = rel.split("/")
+    parent = os.dup(root_fd)
+    try:
+        for i in range(1, len(parts)):
+            path = "/".join(parts[:i])
+            try:
+                fd = linux.openat2(root_fd, path, os.O_PATH | os.O_DIRECTORY, resolve=linux.RESOLVE_IN_ROOT)
+            except FileNotFoundError:
+                os.mkdir(parts[i - 1], 0o755, dir_fd=parent)
+                fd = linux.openat2(root_fd, path, os.O_PATH | os.O_DIRECTORY, resolve=linux.RESOLVE_IN_ROOT)
+            os.close(parent)
+            parent = fd
+        name = parts[-1]
+        if directory:
+            os.mkdir(name, 0o755, dir_fd=parent)
+        else:
+            os.close(os.open(name, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=parent))
+        return os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    finally:
+        os.close(parent)
+
+
 def _mount_filesystems(plan: ChildPlan) -> int:
     """/proc, /dev (+ pts, shm, mqueue), /sys (+ cgroups), masks; returns the pty slave fd
     (terminal) or -1."""
@@ -200,10 +277,15 @@ def _mount_filesystems(plan: ChildPlan) -> int:
                 "newinstance,ptmxmode=0666,mode=0620,gid=5")
     linux.mount("shm", f"{dev}/shm", "tmpfs", _PROC_FLAGS, f"mode=1777,size={plan.shm_size}")
     linux.mount("mqueue", f"{dev}/mqueue", "mqueue", _PROC_FLAGS)
+    if plan.privileged:
+        _host_devices("/dev", dev)
     slave = _make_console(plan, dev) if plan.terminal else -1
 
     if plan.cgroup_binds:
         _mount_cgroups(plan, root + "/sys/fs/cgroup")
+    # Before /proc/sys becomes read-only; /proc/sys resolves to this child's namespaces.
+    for key, value in plan.sysctls:
+        _write_sysctl(root, key, value)
     if not plan.privileged:
         null = f"{dev}/null"
         for path in plan.masked_paths:
@@ -211,6 +293,50 @@ def _mount_filesystems(plan: ChildPlan) -> int:
         for path in plan.readonly_paths:
             _readonly(root + path)
     return slave
+
+
+# runc's HostDevices: what a privileged container sees of the host's /dev.
+_HOST_DEV_SKIP = frozenset({"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev", "console"})
+
+
+def _host_devices(host: str, target: str) -> None:
+    """Copy the host's device nodes (not yet hidden: this runs before pivot_root) into the
+    container's /dev, keeping mode and owner; names the container already has are kept."""
+    try:
+        entries = list(os.scandir(host))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name in _HOST_DEV_SKIP:
+            continue
+        path = f"{target}/{entry.name}"
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                try:
+                    os.mkdir(path, 0o755)
+                except FileExistsError:
+                    pass
+                _host_devices(entry.path, path)
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                os.mknod(path, st.st_mode, st.st_rdev)
+                os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise StartError(f"error creating device nodes: {entry.path}: {errtext(exc.errno or 0)}") from None
+
+
+def _write_sysctl(root: str, key: str, value: str) -> None:
+    path = f"{root}/proc/sys/{key.replace('.', '/')}"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StartError(f"open /proc/sys/{key.replace('.', '/')}: {errtext(exc.errno or 0)}") from None
 
 
 def _make_console(plan: ChildPlan, dev: str) -> int:
@@ -277,16 +403,61 @@ def _readonly(path: str) -> None:
 
 
 def _exec(plan: ChildPlan, slave: int) -> NoReturn:
-    uid, gid, groups, home = resolve_user(plan.user, _read_db("/etc/passwd"), _read_db("/etc/group"))
-    env = list(plan.env)
-    if not any(e.startswith("HOME=") for e in env):
-        env.append(f"HOME={home}")
     try:
         os.makedirs(plan.cwd, 0o755, exist_ok=True)  # Docker creates a missing working dir
     except OSError as exc:
         raise StartError(f"mkdir {plan.cwd}: {errtext(exc.errno or 0)}") from None
     if plan.readonly_rootfs:
         linux.mount(None, "/", None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY)
+    exec_process(plan, slave)
+
+
+class ProcessPlan(Protocol):
+    """What :func:`exec_process` needs: a container's first process or an exec."""
+
+    @property
+    def user(self) -> str: ...
+    @property
+    def args(self) -> tuple[str, ...]: ...
+    @property
+    def env(self) -> tuple[str, ...]: ...
+    @property
+    def cwd(self) -> str: ...
+    @property
+    def terminal(self) -> bool: ...
+    @property
+    def stdin_fd(self) -> int: ...
+    @property
+    def stdout_fd(self) -> int: ...
+    @property
+    def stderr_fd(self) -> int: ...
+    @property
+    def err_fd(self) -> int: ...
+    @property
+    def drop_caps(self) -> tuple[int, ...]: ...
+    @property
+    def nofile(self) -> tuple[int, int]: ...
+    @property
+    def rlimits(self) -> tuple[tuple[int, int, int], ...]: ...
+    @property
+    def group_add(self) -> tuple[str, ...]: ...
+    @property
+    def no_new_privileges(self) -> bool: ...
+    @property
+    def seccomp(self) -> bytes: ...
+
+
+def exec_process(plan: ProcessPlan, slave: int) -> NoReturn:
+    """From a prepared root (and namespaces) to ``execve``: user, groups, stdio, rlimits,
+    capabilities, no_new_privs and seccomp, in runc's order."""
+    passwd, group = _read_db("/etc/passwd"), _read_db("/etc/group")
+    uid, gid, groups, home = resolve_user(plan.user, passwd, group)
+    # containerd lists the primary group among the supplementary ones (its CVE-2023-25173 fix)
+    groups = [gid, *(g for g in groups if g != gid)]
+    groups += [g for g in additional_groups(plan.group_add, group) if g not in groups]
+    env = list(plan.env)
+    if not any(e.startswith("HOME=") for e in env):
+        env.append(f"HOME={home}")
 
     if plan.terminal:
         stdio = (slave, slave, slave)
@@ -297,6 +468,20 @@ def _exec(plan: ChildPlan, slave: int) -> NoReturn:
     if plan.terminal:
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
+    resource.setrlimit(resource.RLIMIT_NOFILE, plan.nofile)
+    for kind, soft, hard in plan.rlimits:
+        try:
+            resource.setrlimit(kind, (soft, hard))
+        except (OSError, ValueError) as exc:
+            err = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EPERM
+            raise StartError("failed to create task for container: failed to create shim task: OCI runtime create "
+                             "failed: runc create failed: unable to start container process: error during container "
+                             f"init: error setting rlimits for ready process: error setting rlimit type {kind}: "
+                             f"{errtext(err)}: unknown") from None
+    # Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it while we have it
+    # (runc's order); with it, as late as possible, so that few calls run under the filter.
+    if plan.seccomp and not plan.no_new_privileges:
+        _install_seccomp(plan.seccomp)
     for cap in plan.drop_caps:
         linux.prctl(linux.PR_CAPBSET_DROP, cap)
     os.setgroups(groups)
@@ -311,7 +496,10 @@ def _exec(plan: ChildPlan, slave: int) -> NoReturn:
     name = plan.args[0]
     path = look_path(name, path_env)
     os.umask(DEFAULT_UMASK)
-    resource.setrlimit(resource.RLIMIT_NOFILE, plan.nofile)
+    if plan.no_new_privileges:
+        linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+        if plan.seccomp:
+            _install_seccomp(plan.seccomp)
     os.closerange(3, plan.err_fd)
     os.closerange(plan.err_fd + 1, 1 << 20)
     environ = {}
@@ -324,6 +512,29 @@ def _exec(plan: ChildPlan, slave: int) -> NoReturn:
     except OSError as exc:
         raise StartError(f"exec {path}: {errtext(exc.errno or 0)}") from None
     raise AssertionError("unreachable")
+
+
+def _install_seccomp(program: bytes) -> None:
+    try:
+        linux.seccomp_set_filter(program)
+    except OSError as exc:
+        raise StartError("unable to start container process: error during container init: unable to init "
+                         f"seccomp: error loading seccomp filter into kernel: {errtext(exc.errno or 0)}") from None
+
+
+def additional_groups(names: tuple[str, ...], group: list[list[str]]) -> list[int]:
+    """``--group-add``: a name in the container's /etc/group, else a number (runc's order)."""
+    out: list[int] = []
+    for name in names:
+        for row in group:
+            if len(row) >= 3 and row[0] == name and row[2].isdigit():
+                out.append(int(row[2]))
+                break
+        else:
+            if not name.isdigit():
+                raise StartError(f"Unable to find group {name}: no matching entries in group file")
+            out.append(int(name))
+    return out
 
 
 def look_path(name: str, path_env: str) -> str:

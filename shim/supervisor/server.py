@@ -21,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
 import os
 import re
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -43,10 +45,28 @@ import structlog
 
 from common import linux
 from shim import jsonlog, wire
-from shim.api import ContainerSpec, ContainerState, EventType, NamespaceMode, Status, Stream
+from shim.api import (
+    ContainerSpec,
+    ContainerState,
+    EventType,
+    ExecSpec,
+    ExecState,
+    Health,
+    HealthLogEntry,
+    NamespaceMode,
+    ProcessSpec,
+    Resources,
+    RestartPolicy,
+    Status,
+    Stream,
+)
 from shim.supervisor import caps as capabilities
 from shim.supervisor import child as child_mod
-from shim.supervisor.cgroups import ContainerCgroup, Layout, ensure_parent
+from shim.supervisor import exec_child, options, restart
+from shim.supervisor import seccomp as seccomp_mod
+from shim.supervisor import stats as stats_mod
+from shim.supervisor.cgroups import ContainerCgroup, Layout, cgroup_pids, ensure_parent
+from shim.supervisor.health import MAX_OUTPUT, HealthMonitor, Probe, probe_args
 
 log = structlog.get_logger()
 
@@ -67,6 +87,8 @@ STDIN_LOW = 1 << 20
 OUTPUT_HIGH = 4 << 20
 OUTPUT_LOW = 1 << 20
 CGROUP_REMOVE_TIMEOUT = 10.0
+FREEZE_TIMEOUT = 10.0
+INIT_PATH = "/sbin/docker-init"  # where --init's binary appears in the container, as in Docker
 # Container ids name directories and cgroups: no slashes, no dot-names.
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
@@ -95,6 +117,7 @@ def start_failure_exit_code(message: str) -> int:
 class SupervisorConfig:
     paths: wire.SupervisorPaths
     cgroup_parent: str = "berth"
+    init_binary: str = "/usr/bin/tini-static"  # Debian's tini, bind-mounted for --init
 
 
 class Process:
@@ -126,6 +149,40 @@ class Process:
         self.exit_seq = 0
         self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.terminal = False
+        self.exec: ExecRun | None = None  # set for an exec (docker exec, a health probe)
+
+
+class ExecRun:
+    """What makes a process an exec: its id, its one client (or none), and for health probes
+    the captured output and a callback."""
+
+    def __init__(self, exec_id: str, args: tuple[str, ...], *, conn: Connection | None = None, rid: Any = None,
+                 capture: bool = False, on_done: Callable[[int, str], None] | None = None,
+                 events: bool = True) -> None:
+        self.exec_id = exec_id
+        self.args = args
+        self.conn = conn
+        self.rid = rid
+        self.capture: bytearray | None = bytearray() if capture else None
+        self.truncated = False
+        self.on_done = on_done
+        self.events = events  # health probes report through health events instead
+        self.pending_outputs: list[tuple[int, Stream]] = []
+        self.pid = 0
+        self.running = False
+        self.exit_code = 0
+        self.error = ""
+        self.start_seq = 0
+        self.exit_seq = 0
+
+    def state(self, container_id: str) -> ExecState:
+        return ExecState(exec_id=self.exec_id, container_id=container_id, pid=self.pid, running=self.running,
+                         exit_code=self.exit_code, error=self.error, args=self.args)
+
+    def output(self) -> str:
+        text = bytes(self.capture or b"").decode("utf-8", "replace")
+        return text + "..." if self.truncated else text
 
 
 class Container:
@@ -155,6 +212,18 @@ class Container:
         self.waiting_attachers: set[Connection] = set()
         self.stdin_paused: set[Connection] = set()
         self.deleting = False
+        self.execs: dict[str, Process] = {}
+        self.seccomp = b""  # the compiled profile ("" = unconfined)
+        # restart policy (moby's restart manager)
+        self.restart_count = 0
+        self.manually_stopped = False
+        self.restart_canceled = False
+        self.backoff = restart.Backoff()
+        self.restart_timer: asyncio.TimerHandle | None = None
+        # healthcheck
+        self.health: Health | None = None
+        self.monitor: HealthMonitor | None = None
+        self.probe_exec_id = ""
 
     @property
     def id(self) -> str:
@@ -163,12 +232,14 @@ class Container:
     def state(self) -> ContainerState:
         return ContainerState(id=self.id, status=self.status, pid=self.pid, exit_code=self.exit_code,
                               started_at_ns=self.started_at_ns, finished_at_ns=self.finished_at_ns,
-                              oom_killed=self.oom_killed, error=self.error, log_path=self.log_path)
+                              oom_killed=self.oom_killed, error=self.error, log_path=self.log_path,
+                              restart_count=self.restart_count, health=self.health)
 
     def restore(self, state: ContainerState) -> None:
         self.status, self.pid, self.exit_code = state.status, state.pid, state.exit_code
         self.started_at_ns, self.finished_at_ns = state.started_at_ns, state.finished_at_ns
         self.oom_killed, self.error = state.oom_killed, state.error
+        self.restart_count, self.health = state.restart_count, state.health
 
     def running(self) -> bool:
         return self.process is not None
@@ -182,6 +253,7 @@ class Connection(asyncio.Protocol):
         self.parser = wire.FrameParser()
         self.transport: asyncio.Transport | None = None
         self.attach: Container | None = None
+        self.exec_proc: Process | None = None  # an exec connection: the exec's stdio
         self.streams: frozenset[int] = frozenset()
         self.stdin = False
         self.paused = False
@@ -223,6 +295,12 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         for kind, payload in frames:
+            if self.exec_proc is not None:
+                if kind == wire.Kind.STDIN:
+                    self.sup.feed_exec_stdin(self.exec_proc, payload, self)
+                elif kind == wire.Kind.CLOSE_STDIN:
+                    self.sup.close_exec_stdin(self.exec_proc)
+                continue
             if self.attach is not None:
                 if kind == wire.Kind.STDIN:
                     self.sup.feed_stdin(self.attach, payload, self)
@@ -261,6 +339,10 @@ class Supervisor:
         self.connections: set[Connection] = set()
         self.stopping = asyncio.Event()
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.machine_memory = stats_mod.host_memory()
+        self.seccomp_cache: dict[tuple[str, frozenset[int]], bytes] = {}
+        self.shutting_down = False
+        self.boot_restarts: list[str] = []
         linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
         ensure_parent(self.layout, config.cgroup_parent)
 
@@ -281,6 +363,7 @@ class Supervisor:
         os.chmod(cfg.paths.socket, 0o600)
         cfg.paths.pid_file.write_text(f"{os.getpid()}\n")
         self.reap()  # children that exited before the handler was installed
+        self._restart_on_boot()
         log.info("supervisor_ready", socket=str(cfg.paths.socket), cgroups=self.layout.mode,
                  containers=len(self.containers))
         if ready_fd >= 0:
@@ -314,6 +397,7 @@ class Supervisor:
         self._spawn_task(self._stop_all_and_exit())
 
     async def _stop_all_and_exit(self) -> None:
+        self.shutting_down = True  # no restart policy applies to these exits
         procs = [c.process for c in self.containers.values() if c.process is not None]
         for proc in procs:
             self._signal(proc, signal.SIGTERM)
@@ -338,16 +422,25 @@ class Supervisor:
         for directory in sorted(self.config.paths.containers.iterdir()):
             try:
                 spec = wire.decode(ContainerSpec, json.loads((directory / "spec.json").read_text()))
-                state = wire.decode(ContainerState, json.loads((directory / "state.json").read_text()))
+                raw_state = json.loads((directory / "state.json").read_text())
+                state = wire.decode(ContainerState, raw_state)
                 c = self._new_container(spec, directory)
             except (OSError, ValueError, KeyError, TypeError, wire.ProtocolError,
-                    capabilities.UnknownCapability) as exc:
+                    capabilities.UnknownCapability, seccomp_mod.ProfileError) as exc:
                 log.warning("container_record_unreadable", dir=str(directory), error=str(exc))
                 continue
             c.restore(state)
+            c.manually_stopped = bool(raw_state.get("manually_stopped"))
             c.log_fd = _open_log(c.log_path)
             self.containers[c.id] = c
+            if state.status == Status.RESTARTING:  # its back-off timer died with that supervisor
+                c.status = Status.STOPPED
+                self._persist(c)
+                self._emit(EventType.UPDATE, c)
             if state.status in (Status.RUNNING, Status.PAUSED):
+                if state.status == Status.PAUSED:
+                    with contextlib.suppress(OSError):
+                        c.cgroup.set_frozen(False)  # a frozen task cannot die
                 killed = c.cgroup.signal_all(signal.SIGKILL)
                 c.status, c.pid, c.finished_at_ns = Status.STOPPED, 0, time.time_ns()
                 c.exit_code = 137 if killed else 255
@@ -358,14 +451,16 @@ class Supervisor:
 
     def _persist(self, c: Container) -> None:
         tmp = c.dir / "state.json.tmp"
-        tmp.write_text(json.dumps(wire.encode(c.state())))
+        tmp.write_text(json.dumps({**wire.encode(c.state()), "manually_stopped": c.manually_stopped}))
         os.replace(tmp, c.dir / "state.json")
 
     # Events -------------------------------------------------------------------------------------
 
-    def _emit(self, type: EventType, c: Container) -> int:
+    def _emit(self, type: EventType, c: Container, exec: ExecState | None = None) -> int:
         self.seq += 1
         event = {"type": type.value, "state": wire.encode(c.state())}
+        if exec is not None:
+            event["exec"] = wire.encode(exec)
         self.events.append((self.seq, event))
         if len(self.events) > MAX_EVENTS:
             self.events.popleft()
@@ -388,6 +483,9 @@ class Supervisor:
             return
         if op == "attach":
             self._attach(conn, message)
+            return
+        if op == "exec_attach":
+            self._exec_attach(conn, message)
             return
         handler: Callable[..., Any] | None = getattr(self, f"op_{op}", None)
         if handler is None:
@@ -467,7 +565,9 @@ class Supervisor:
         directory = self.config.paths.containers / spec.id
         try:
             c = self._new_container(spec, directory)
-        except capabilities.UnknownCapability as exc:
+            options.check_cpuset(spec.resources.cpuset_cpus, spec.resources.cpuset_mems)
+            options.rlimits(spec.ulimits)
+        except (capabilities.UnknownCapability, seccomp_mod.ProfileError, options.OptionError) as exc:
             raise OpError("InvalidArgument", str(exc)) from None
         try:
             directory.mkdir(mode=0o710)
@@ -492,7 +592,25 @@ class Supervisor:
         caps = capabilities.container_caps(privileged=spec.privileged, add=spec.cap_add,
                                            drop=spec.cap_drop, bounding=self.bounding)
         cgroup = ContainerCgroup(self.layout, self.config.cgroup_parent, spec.id)
-        return Container(spec, directory, cgroup, capabilities.to_drop(caps, self.last_cap))
+        c = Container(spec, directory, cgroup, capabilities.to_drop(caps, self.last_cap))
+        c.seccomp = self._seccomp_program(spec, caps)
+        return c
+
+    def _seccomp_program(self, spec: ContainerSpec, caps: frozenset[int]) -> bytes:
+        """moby's WithSeccomp: none when unconfined, or privileged with the default profile."""
+        profile = spec.seccomp_profile
+        if profile == "unconfined" or (spec.privileged and profile in ("", "builtin")):
+            return b""
+        text = seccomp_mod.default_profile_text() if profile in ("", "builtin") else profile
+        key = (text, caps)
+        program = self.seccomp_cache.get(key)
+        if program is None:
+            names = {number: name for name, number in capabilities.CAPABILITIES.items()}
+            program = seccomp_mod.compile_profile(text, ("CAP_" + names[c] for c in caps if c in names))
+            if len(self.seccomp_cache) > 64:
+                self.seccomp_cache.clear()
+            self.seccomp_cache[key] = program
+        return program
 
     def _ensure_cgroup(self, c: Container) -> None:
         if c.cgroup_ready:
@@ -513,8 +631,12 @@ class Supervisor:
         c = self._get(message)
         if c.deleting:
             raise OpError("FailedPrecondition", f"container {c.id} is being removed")
-        if c.process is not None:
+        if c.process is not None or c.restart_timer is not None:
             raise OpError("NotModified", "container is already running")
+        # A start through the API resets the restart policy's count and back-off (moby's
+        # ResetRestartManager) and forgets a manual stop.
+        c.restart_count, c.manually_stopped, c.restart_canceled = 0, False, False
+        c.backoff = restart.Backoff()
         self._ensure_cgroup(c)
         proc = self._spawn(c)
         return self._await_start(proc)
@@ -530,15 +652,35 @@ class Supervisor:
     def op_kill(self, conn: Connection, message: dict[str, Any]) -> Any:
         c = self._get(message)
         proc = c.process
-        if proc is None or proc.reaped:
-            raise OpError("ContainerNotRunning", f"container {c.id} is not running")
         sig = int(message.get("signal", signal.SIGKILL))
         if not 0 < sig < signal.NSIG:
             raise OpError("InvalidArgument", f"invalid signal: {sig}")
+        cancel = bool(message.get("cancel_restart"))
+        if message.get("manual") and not c.manually_stopped:
+            c.manually_stopped = True
+            self._persist(c)
+        if cancel:
+            c.restart_canceled = True
+        if proc is None or proc.reaped:
+            if c.restart_timer is not None:  # no process to signal; only the cancellation applies
+                return {"seq": self._cancel_restart(c)} if cancel else None
+            raise OpError("ContainerNotRunning", f"container {c.id} is not running")
         if message.get("all"):
             c.cgroup.signal_all(sig)
         self._signal(proc, sig)
+        if cancel and c.status == Status.PAUSED:
+            # The signal is pending in the frozen processes: thaw them so they act on it (moby).
+            return {"seq": self._thaw(c)}
         return None
+
+    def _cancel_restart(self, c: Container) -> int:
+        if c.restart_timer is not None:
+            c.restart_timer.cancel()
+            c.restart_timer = None
+        c.status = Status.STOPPED
+        self._persist(c)
+        c.log.info("container_restart_cancelled")
+        return self._emit(EventType.UPDATE, c)
 
     def _signal(self, proc: Process, sig: int) -> None:
         # Safe against pid reuse: the process is our unreaped child until reap() runs.
@@ -550,8 +692,8 @@ class Supervisor:
 
     def op_resize(self, conn: Connection, message: dict[str, Any]) -> Any:
         c = self._get(message)
-        proc = c.process
-        if proc is None or not c.spec.process.terminal or proc.stdin_fd < 0:
+        proc = c.execs.get(str(message["exec_id"])) if message.get("exec_id") else c.process
+        if proc is None or not proc.terminal or proc.stdin_fd < 0 or proc.reaped:
             return None
         height, width = int(message.get("height", 0)), int(message.get("width", 0))
         try:
@@ -572,6 +714,10 @@ class Supervisor:
         if c.deleting:
             raise OpError("FailedPrecondition", f"removal of container {c.id} is already in progress")
         c.deleting = True
+        if c.restart_timer is not None:
+            c.restart_timer.cancel()
+            c.restart_timer = None
+        self._stop_health(c)
         return self._delete(c)
 
     async def _delete(self, c: Container) -> Any:
@@ -620,8 +766,19 @@ class Supervisor:
             flags |= linux.CLONE_NEWUTS
         if spec.ipc == NamespaceMode.PRIVATE:
             flags |= linux.CLONE_NEWIPC
-        if spec.network == NamespaceMode.PRIVATE:
+        if spec.network == NamespaceMode.PRIVATE and not spec.netns_path:
             flags |= linux.CLONE_NEWNET
+        try:
+            sysctls = options.sysctls(spec.sysctls, network=spec.network, ipc=spec.ipc, uts=spec.uts)
+            rlimits = options.rlimits(spec.ulimits)
+        except options.OptionError as exc:
+            raise OpError("Internal", "failed to create task for container: failed to create shim task: OCI runtime "
+                          f"create failed: runc create failed: {exc}: unknown") from None
+        args = p.args
+        binds = tuple((b.source, b.destination, b.readonly) for b in spec.binds)
+        if spec.init and spec.pid == NamespaceMode.PRIVATE:  # with the host's PID 1 there is an init already
+            args = (INIT_PATH, "--", *p.args)
+            binds += ((self.config.init_binary, INIT_PATH, True),)
         return child_mod.ChildPlan(
             id=spec.id, rootfs=str(c.dir / "rootfs"), mounts=spec.rootfs, unshare_flags=flags,
             hostname=spec.hostname or spec.id[:12], domainname=spec.domainname,
@@ -629,11 +786,14 @@ class Supervisor:
             cgroup_binds=tuple((d, h.name) for h, d in c.cgroup.dirs),
             privileged=spec.privileged, readonly_rootfs=spec.readonly_rootfs,
             masked_paths=self.masked_paths, readonly_paths=READONLY_PATHS, shm_size=spec.shm_size,
-            drop_caps=c.drop_caps, user=p.user, args=p.args, env=p.env, cwd=p.cwd or "/",
+            drop_caps=c.drop_caps, user=p.user, args=args, env=p.env, cwd=p.cwd or "/",
             terminal=p.terminal, console_height=p.console_height, console_width=p.console_width,
             stdin_fd=fds.get("stdin", self.devnull), stdout_fd=fds.get("stdout", -1),
             stderr_fd=fds.get("stderr", -1), pty_socket_fd=fds.get("pty", -1), err_fd=fds["err"],
             nofile=self.nofile,
+            netns_path=spec.netns_path if spec.network == NamespaceMode.PRIVATE else "",
+            binds=binds, sysctls=sysctls, rlimits=rlimits, group_add=spec.group_add,
+            no_new_privileges=spec.no_new_privileges, seccomp=c.seccomp,
         )
 
     def _spawn(self, c: Container) -> Process:
@@ -672,6 +832,7 @@ class Supervisor:
                 pty_sockets[1].close()
 
         proc = Process(c, pid, started_ns)
+        proc.terminal = p.terminal
         self.procs[pid] = proc
         c.process = proc
         proc.pty_socket = pty_sockets[0] if pty_sockets else None
@@ -730,21 +891,31 @@ class Supervisor:
             proc.exec_error = proc.err_buf.decode(errors="replace")
             if master >= 0:
                 os.close(master)
-            c.log.info("container_start_failed", error=proc.exec_error)
+            if proc.exec is not None:
+                for fd, _ in proc.exec.pending_outputs:
+                    os.close(fd)
+                proc.exec.pending_outputs.clear()
+            c.log.info("exec_start_failed" if proc.exec else "container_start_failed", error=proc.exec_error)
         else:
             if master >= 0:
                 proc.stdin_fd = master
                 self._add_output(proc, os.dup(master), Stream.STDOUT)
                 if proc.stdin_buf or proc.stdin_eof:
                     self._flush_stdin(proc)
-            # Announced here, synchronously, so the start event always precedes the exit event.
-            c.status, c.pid, c.exit_code = Status.RUNNING, proc.pid, 0
-            c.started_at_ns, c.finished_at_ns, c.oom_killed, c.error = proc.started_ns, 0, False, ""
-            self._persist(c)
-            proc.start_state = c.state()
-            proc.start_seq = self._emit(EventType.START, c)
-            c.log.info("container_started", pid=proc.pid,
-                       ms=round((time.time_ns() - proc.started_ns) / 1e6, 2))
+            if proc.exec is not None:
+                self._exec_running(proc)
+            else:
+                # Announced here, synchronously, so the start event always precedes the exit event.
+                c.status, c.pid, c.exit_code = Status.RUNNING, proc.pid, 0
+                c.started_at_ns, c.finished_at_ns, c.oom_killed, c.error = proc.started_ns, 0, False, ""
+                if probe_args(c.spec.healthcheck) is not None:  # moby's initHealthMonitor
+                    c.health = Health(log=c.health.log if c.health else ())
+                self._persist(c)
+                proc.start_state = c.state()
+                proc.start_seq = self._emit(EventType.START, c)
+                self._start_health(c)
+                c.log.info("container_started", pid=proc.pid,
+                           ms=round((time.time_ns() - proc.started_ns) / 1e6, 2))
         if not proc.started.done():
             proc.started.set_result(None)
         self._maybe_finalize(proc)
@@ -777,17 +948,24 @@ class Supervisor:
             data = b""
         stream, splitter = proc.outputs[fd]
         c = proc.container
+        run = proc.exec  # an exec's output goes to its client only, never to the log
         now = time.time_ns()
         if not data:
             self._close_output(proc, fd)
-            lines = splitter.flush(now)
+            lines = splitter.flush(now) if run is None else b""
             if lines:
                 self._write_log(c, lines)
             self._maybe_finalize(proc)
             return
-        lines = splitter.feed(data, now)
-        if lines:
-            self._write_log(c, lines)
+        if run is None:
+            lines = splitter.feed(data, now)
+            if lines:
+                self._write_log(c, lines)
+        elif run.capture is not None:
+            room = MAX_OUTPUT - len(run.capture)
+            if len(data) > room:
+                run.truncated = True
+            run.capture += data[:max(room, 0)]
         if proc.attachers:
             frame = wire.frame(stream, data)
             for conn in proc.attachers:
@@ -814,6 +992,9 @@ class Supervisor:
     def output_backpressure(self, conn: Connection) -> None:
         """An attached client is slow: stop reading the process's output until it catches up
         (as dockerd, whose attach copy blocks the container's writes)."""
+        if conn.exec_proc is not None:
+            self._update_pause(conn.exec_proc)
+            return
         c = conn.attach
         if c is None or c.process is None or conn not in c.process.attachers:
             return
@@ -897,7 +1078,7 @@ class Supervisor:
         if proc.stdin_writing:
             self.loop.remove_writer(fd)
             proc.stdin_writing = False
-        if proc.container.spec.process.terminal:
+        if proc.terminal:
             # A pty has no end of input: send the EOF character, keep the master for output.
             try:
                 os.write(fd, b"\x04")
@@ -945,6 +1126,15 @@ class Supervisor:
             return
         c.waiting_attachers.discard(conn)
         c.stdin_paused.discard(conn)
+        proc = conn.exec_proc
+        if proc is not None:
+            # The client of an exec left: the process runs on, without stdin (moby's CloseStdin).
+            proc.attachers.discard(conn)
+            if proc.exec is not None and proc.exec.conn is conn:
+                proc.exec.conn = None
+            self.close_exec_stdin(proc)
+            self._update_pause(proc)
+            return
         if c.process is not None and conn in c.process.attachers:
             c.process.attachers.discard(conn)
             self._update_pause(c.process)
@@ -1003,7 +1193,11 @@ class Supervisor:
         proc.finalized = True
         if proc.drain_timer is not None:
             proc.drain_timer.cancel()
+        if proc.exec is not None:
+            self._finalize_exec(proc)
+            return
         c = proc.container
+        self._stop_health(c)
         if proc.stdin_fd >= 0:
             if proc.stdin_writing:
                 self.loop.remove_writer(proc.stdin_fd)
@@ -1027,16 +1221,411 @@ class Supervisor:
                     self._emit(EventType.OOM, c)
         c.status, c.pid, c.finished_at_ns = Status.STOPPED, 0, time.time_ns()
         c.process = None
+        delay = self._restart_delay(c, proc)
+        if delay is not None:
+            c.restart_count += 1
+            c.status = Status.RESTARTING
+            c.restart_timer = self.loop.call_later(delay, self._auto_restart, c)
         self._persist(c)
         proc.exit_seq = self._emit(EventType.EXIT, c)
         if not proc.exec_error:
-            c.log.info("container_exited", exit_code=c.exit_code, oom_killed=c.oom_killed)
+            c.log.info("container_exited", exit_code=c.exit_code, oom_killed=c.oom_killed,
+                       restart_in=delay, restart_count=c.restart_count)
         for conn in proc.attachers:
             self._end_attach(conn)
         proc.attachers.clear()
         if not proc.started.done():
             proc.started.set_result(None)
         proc.done.set_result(None)
+
+
+    # Restart policies --------------------------------------------------------------------------
+
+    def _restart_delay(self, c: Container, proc: Process) -> float | None:
+        """The back-off before the policy restarts this exit, or None (moby's ShouldRestart;
+        a process that could not start is never restarted)."""
+        policy = c.spec.restart_policy
+        if policy.name in ("", "no") or proc.exec_error or c.deleting or self.shutting_down:
+            return None
+        delay = c.backoff.next((c.finished_at_ns - proc.started_ns) / 1e9)
+        if c.restart_canceled or not restart.should_restart(
+                policy, c.exit_code, manually_stopped=c.manually_stopped, restart_count=c.restart_count):
+            return None
+        return delay
+
+    def _auto_restart(self, c: Container) -> None:
+        c.restart_timer = None
+        if c.deleting or c.process is not None or c.status != Status.RESTARTING:
+            return
+        try:
+            self._ensure_cgroup(c)
+            self._spawn(c)
+        except (OpError, OSError) as exc:
+            c.status = Status.STOPPED
+            c.error = exc.message if isinstance(exc, OpError) else str(exc)
+            self._persist(c)
+            self._emit(EventType.UPDATE, c)
+            c.log.warning("container_restart_failed", error=c.error)
+
+    def _restart_on_boot(self) -> None:
+        """A new supervisor (host or daemon start) knows which containers their policy brings
+        back, as dockerd at its start; the shim starts them (``boot_restarts``) once its other
+        layers (networking) are ready."""
+        self.boot_restarts = [
+            c.id for c in self.containers.values()
+            if c.status == Status.STOPPED and restart.restart_on_boot(
+                c.spec.restart_policy, c.exit_code, manually_stopped=c.manually_stopped,
+                restart_count=c.restart_count, started_before=c.started_at_ns > 0)]
+
+    def op_boot_restarts(self, conn: Connection, message: dict[str, Any]) -> Any:
+        """The containers to start because this supervisor is new; handed out once."""
+        ids, self.boot_restarts = self.boot_restarts, []
+        return ids
+
+    # Pause, update, stats, top -------------------------------------------------------------------
+
+    def _running_process(self, c: Container) -> Process:
+        proc = c.process
+        if proc is None or proc.reaped or not proc.exec_done or proc.exec_error:
+            if c.restart_timer is not None:
+                raise OpError("Conflict", f"Container {c.id} is restarting, wait until the container is running")
+            raise OpError("ContainerNotRunning", f"container {c.id} is not running")
+        return proc
+
+    def op_pause(self, conn: Connection, message: dict[str, Any]) -> Any:
+        c = self._get(message)
+        self._running_process(c)
+        if c.status == Status.PAUSED:
+            raise OpError("Conflict", f"Container {c.id} is already paused")
+        return self._pause(c)
+
+    async def _pause(self, c: Container) -> Any:
+        try:
+            c.cgroup.set_frozen(True)
+            deadline = time.monotonic() + FREEZE_TIMEOUT
+            while not c.cgroup.frozen():
+                if time.monotonic() > deadline:
+                    raise OSError(errno.ETIMEDOUT, "the freezer did not settle")
+                await asyncio.sleep(0.005)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                c.cgroup.set_frozen(False)
+            raise OpError("Internal", f"cannot pause container {c.id}: {exc.strerror or exc}") from None
+        if c.process is None:  # it exited meanwhile
+            c.cgroup.set_frozen(False)
+            raise OpError("ContainerNotRunning", f"container {c.id} is not running")
+        c.status = Status.PAUSED
+        self._stop_health(c)
+        self._persist(c)
+        seq = self._emit(EventType.PAUSE, c)
+        c.log.info("container_paused")
+        return {"state": wire.encode(c.state()), "seq": seq}
+
+    def op_resume(self, conn: Connection, message: dict[str, Any]) -> Any:
+        c = self._get(message)
+        if c.status != Status.PAUSED or c.process is None:
+            raise OpError("Internal", f"Container {c.id} is not paused")
+        seq = self._thaw(c)
+        return {"state": wire.encode(c.state()), "seq": seq}
+
+    def _thaw(self, c: Container) -> int:
+        try:
+            c.cgroup.set_frozen(False)
+        except OSError as exc:
+            raise OpError("Internal", f"Cannot unpause container {c.id}: {exc.strerror or exc}") from None
+        c.status = Status.RUNNING
+        self._persist(c)
+        seq = self._emit(EventType.RESUME, c)
+        self._start_health(c)
+        c.log.info("container_unpaused")
+        return seq
+
+    def op_update(self, conn: Connection, message: dict[str, Any]) -> Any:
+        c = self._get(message)
+        try:
+            resources = wire.decode(Resources, message["resources"])
+            policy = wire.decode(RestartPolicy, message["restart_policy"])
+        except (KeyError, TypeError, ValueError, wire.ProtocolError) as exc:
+            raise OpError("InvalidArgument", f"invalid update: {exc}") from None
+        try:
+            options.check_cpuset(resources.cpuset_cpus, resources.cpuset_mems)
+        except options.OptionError as exc:
+            raise OpError("InvalidArgument", str(exc)) from None
+        if c.cgroup_ready:
+            try:
+                c.cgroup.update(resources)
+            except OSError as exc:
+                # put back what was there; the container keeps running with its old limits
+                with contextlib.suppress(OSError):
+                    c.cgroup.update(c.spec.resources)
+                raise OpError("Internal", f"Cannot update container {c.id}: failed to write "
+                              f"{exc.filename or 'cgroup'}: {child_mod.errtext(exc.errno or 0)}") from None
+        c.spec = dataclasses.replace(c.spec, resources=resources, restart_policy=policy)
+        (c.dir / "spec.json").write_text(json.dumps(wire.encode(c.spec)))
+        seq = self._emit(EventType.UPDATE, c)
+        c.log.info("container_updated")
+        return {"state": wire.encode(c.state()), "seq": seq}
+
+    def op_stats(self, conn: Connection, message: dict[str, Any]) -> Any:
+        c = self._get(message)
+        self._running_process(c)
+        return wire.encode(stats_mod.sample(c.cgroup, c.pid, machine_memory=self.machine_memory,
+                                            private_network=c.spec.network == NamespaceMode.PRIVATE))
+
+    def op_pids(self, conn: Connection, message: dict[str, Any]) -> Any:
+        c = self._get(message)
+        self._running_process(c)
+        d = c.cgroup.any_dir
+        return sorted(cgroup_pids(d)) if d else [c.pid]
+
+    # Exec ------------------------------------------------------------------------------------------
+
+    def _exec_attach(self, conn: Connection, message: dict[str, Any]) -> None:
+        """An exec whose client is this connection: the reply comes once the process runs (or
+        failed), then its output, then END with the exit."""
+        rid = message.get("id")
+        try:
+            c = self._get(message)
+            spec = _exec_spec(message)
+            proc = self._start_exec(c, spec, ExecRun(spec.exec_id, spec.process.args, conn=conn, rid=rid))
+        except OpError as exc:
+            self._reply_error(conn, rid, exc)
+            conn.close()
+            return
+        conn.attach = c
+        conn.exec_proc = proc
+        conn.stdin = spec.process.open_stdin
+        conn.streams = frozenset((Stream.STDOUT, Stream.STDERR))
+
+    def op_exec(self, conn: Connection, message: dict[str, Any]) -> Any:
+        """A detached exec: nothing reads its output."""
+        c = self._get(message)
+        spec = _exec_spec(message)
+        proc = self._start_exec(c, spec, ExecRun(spec.exec_id, spec.process.args))
+        return self._await_exec(proc)
+
+    async def _await_exec(self, proc: Process) -> Any:
+        await proc.started
+        run = proc.exec
+        assert run is not None
+        cid = proc.container.id
+        if not proc.exec_error:
+            return {"state": wire.encode(run.state(cid)), "seq": run.start_seq}
+        await proc.done
+        raise OpError("StartFailed", run.error, state=wire.encode(run.state(cid)), seq=run.exit_seq)
+
+    def _start_exec(self, c: Container, spec: ExecSpec, run: ExecRun) -> Process:
+        """Fork ``spec`` into the container: forked inside its PID namespace, the child joins
+        the rest (:mod:`shim.supervisor.exec_child`)."""
+        main = self._running_process(c)
+        if c.status == Status.PAUSED:
+            raise OpError("Conflict", f"Container {c.id} is paused, unpause the container before exec")
+        if spec.exec_id in c.execs:
+            raise OpError("AlreadyExists", f"exec {spec.exec_id} is already running")
+        p = spec.process
+        detached = run.conn is None and run.capture is None
+        parent_ends: dict[str, int] = {}
+        child_ends: dict[str, int] = {}
+        opened: list[int] = []
+        pty_sockets: tuple[socket.socket, socket.socket] | None = None
+        pidns = -1
+        try:
+            namespaces = []
+            for name, flag in (("ipc", linux.CLONE_NEWIPC), ("uts", linux.CLONE_NEWUTS),
+                               ("net", linux.CLONE_NEWNET), ("mnt", linux.CLONE_NEWNS)):
+                fd = os.open(f"/proc/{main.pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+                opened.append(fd)
+                namespaces.append((fd, flag))
+            root_fd = os.open(f"/proc/{main.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            opened.append(root_fd)
+            if c.spec.pid == NamespaceMode.PRIVATE:
+                pidns = os.open(f"/proc/{main.pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+                opened.append(pidns)
+            if p.terminal and not detached:
+                pty_sockets = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            elif not detached:
+                parent_ends["stdout"], child_ends["stdout"] = os.pipe()
+                parent_ends["stderr"], child_ends["stderr"] = os.pipe()
+            if p.open_stdin and not detached and not p.terminal:
+                child_ends["stdin"], parent_ends["stdin"] = os.pipe()
+            parent_ends["err"], child_ends["err"] = os.pipe()
+            plan = exec_child.ExecPlan(
+                cgroup_procs=c.cgroup.procs_files, namespaces=tuple(namespaces), root_fd=root_fd,
+                user=p.user, args=p.args, env=p.env, cwd=p.cwd or "/", terminal=p.terminal and not detached,
+                console_height=p.console_height, console_width=p.console_width,
+                stdin_fd=child_ends.get("stdin", self.devnull), stdout_fd=child_ends.get("stdout", self.devnull),
+                stderr_fd=child_ends.get("stderr", self.devnull),
+                pty_socket_fd=pty_sockets[1].fileno() if pty_sockets else -1, err_fd=child_ends["err"],
+                drop_caps=() if spec.privileged else c.drop_caps, nofile=self.nofile,
+                rlimits=options.rlimits(c.spec.ulimits), group_add=c.spec.group_add,
+                no_new_privileges=c.spec.no_new_privileges, seccomp=c.seccomp)
+            assert threading.active_count() == 1, "the supervisor must not run threads"
+            started_ns = time.time_ns()
+            if pidns >= 0:
+                linux.setns(pidns, linux.CLONE_NEWPID)  # only where children go
+            try:
+                pid = os.fork()
+                if pid == 0:
+                    exec_child.run(plan)  # never returns
+            finally:
+                if pidns >= 0 and os.getpid() != 1:
+                    linux.setns(self.pidns_fd, linux.CLONE_NEWPID)
+        except (OSError, options.OptionError) as exc:
+            for fd in parent_ends.values():
+                os.close(fd)
+            if pty_sockets is not None:
+                pty_sockets[0].close()
+            if isinstance(exc, options.OptionError):
+                raise OpError("InvalidArgument", str(exc)) from None
+            raise OpError("ContainerNotRunning" if exc.errno == errno.ENOENT else "Internal",
+                          f"container {c.id} is not running" if exc.errno == errno.ENOENT
+                          else f"exec: {child_mod.errtext(exc.errno or 0)}") from None
+        finally:
+            for fd in (*child_ends.values(), *opened):
+                os.close(fd)
+            if pty_sockets is not None:
+                pty_sockets[1].close()
+        proc = Process(c, pid, started_ns)
+        proc.terminal = p.terminal and not detached
+        proc.exec = run
+        run.pid = pid
+        self.procs[pid] = proc
+        c.execs[spec.exec_id] = proc
+        proc.pty_socket = pty_sockets[0] if pty_sockets else None
+        proc.err_fd = parent_ends["err"]
+        os.set_blocking(proc.err_fd, False)
+        self.loop.add_reader(proc.err_fd, self._on_exec_status, proc)
+        for name, stream in (("stdout", Stream.STDOUT), ("stderr", Stream.STDERR)):
+            if name in parent_ends:  # read once it runs, so that its client gets the reply first
+                os.set_blocking(parent_ends[name], False)
+                run.pending_outputs.append((parent_ends[name], stream))
+        if "stdin" in parent_ends:
+            proc.stdin_fd = parent_ends["stdin"]
+            os.set_blocking(proc.stdin_fd, False)
+        return proc
+
+    def _exec_running(self, proc: Process) -> None:
+        run = proc.exec
+        assert run is not None
+        c = proc.container
+        run.running = True
+        if run.events:
+            run.start_seq = self._emit(EventType.EXEC_START, c, exec=run.state(c.id))
+        if run.conn is not None:
+            run.conn.send_json({"id": run.rid, "ok": True,
+                                "result": {"state": wire.encode(run.state(c.id)), "seq": run.start_seq}})
+            proc.attachers.add(run.conn)
+        for fd, stream in run.pending_outputs:
+            self._add_output(proc, fd, stream)
+        run.pending_outputs.clear()
+        if proc.stdin_fd >= 0 and (proc.stdin_buf or proc.stdin_eof):
+            self._flush_stdin(proc)
+
+    def _finalize_exec(self, proc: Process) -> None:
+        run = proc.exec
+        assert run is not None
+        c = proc.container
+        if proc.stdin_fd >= 0:
+            if proc.stdin_writing:
+                self.loop.remove_writer(proc.stdin_fd)
+            os.close(proc.stdin_fd)
+            proc.stdin_fd = -1
+        run.running = False
+        if proc.exec_error:
+            run.exit_code, run.error = start_failure_exit_code(proc.exec_error), proc.exec_error
+        else:
+            code = os.waitstatus_to_exitcode(proc.wait_status)
+            run.exit_code = 128 - code if code < 0 else code
+        c.execs.pop(run.exec_id, None)
+        if run.events:
+            run.exit_seq = self._emit(EventType.EXEC_EXIT, c, exec=run.state(c.id))
+        conn = run.conn
+        if conn is not None:
+            if proc.exec_error:
+                self._reply_error(conn, run.rid, OpError("StartFailed", run.error, state=wire.encode(run.state(c.id)),
+                                                         seq=run.exit_seq))
+                conn.close()
+            else:
+                end = json.dumps({"seq": run.exit_seq, "exit_code": run.exit_code}).encode()
+                conn.send(wire.frame(wire.Kind.END, end))
+                conn.close()
+        proc.attachers.clear()
+        if not proc.started.done():
+            proc.started.set_result(None)
+        proc.done.set_result(None)
+        if run.on_done is not None:
+            run.on_done(run.exit_code, run.output())
+
+    def feed_exec_stdin(self, proc: Process, data: bytes, conn: Connection) -> None:
+        if not conn.stdin or proc.reaped or proc.stdin_eof or (proc.stdin_fd < 0 and proc.exec_done):
+            return
+        proc.stdin_buf += data
+        if proc.stdin_fd >= 0:
+            self._flush_stdin(proc)
+        if len(proc.stdin_buf) > STDIN_HIGH and conn.transport is not None:
+            conn.transport.pause_reading()
+            proc.container.stdin_paused.add(conn)
+
+    def close_exec_stdin(self, proc: Process) -> None:
+        if proc.reaped or proc.stdin_eof:
+            return
+        proc.stdin_eof = True
+        if proc.stdin_fd >= 0:
+            self._flush_stdin(proc)
+
+    # Health ----------------------------------------------------------------------------------------
+
+    def _start_health(self, c: Container) -> None:
+        if c.monitor is not None or c.process is None or probe_args(c.spec.healthcheck) is None:
+            return
+        c.monitor = HealthMonitor(c.spec.healthcheck, c.started_at_ns, c.health or Health(),
+                                  lambda args, done: self._probe(c, args, done),
+                                  lambda health, changed, entry: self._health_result(c, health, changed, entry))
+        c.monitor.start()
+
+    def _stop_health(self, c: Container) -> None:
+        if c.monitor is not None:
+            c.monitor.stop()
+            c.monitor = None
+
+    def _probe(self, c: Container, args: tuple[str, ...], done: Callable[[int, str], None]) -> Probe:
+        p = c.spec.process
+        env = tuple(e for e in p.env if not (p.terminal and e == "TERM=xterm"))  # the probe has no tty
+        spec = ExecSpec(exec_id=secrets.token_hex(32),
+                        process=ProcessSpec(args=args, env=env, cwd=p.cwd, user=p.user))
+        c.probe_exec_id = spec.exec_id
+        proc = self._start_exec(c, spec, ExecRun(spec.exec_id, args, capture=True, on_done=done, events=False))
+        return _ProbeHandle(self, proc)
+
+    def _health_result(self, c: Container, health: Health, changed: bool, entry: HealthLogEntry) -> None:
+        c.health = health
+        self._persist(c)
+        probe = ExecState(exec_id=c.probe_exec_id, container_id=c.id, exit_code=entry.exit_code,
+                          args=probe_args(c.spec.healthcheck) or ())
+        self._emit(EventType.HEALTH_STATUS if changed else EventType.HEALTH_CHECK, c, exec=probe)
+        if changed:
+            c.log.info("container_health", status=health.status.value, failing_streak=health.failing_streak)
+
+
+class _ProbeHandle(Probe):
+    def __init__(self, sup: Supervisor, proc: Process) -> None:
+        self._sup = sup
+        self._proc = proc
+
+    def kill(self) -> None:
+        self._sup._signal(self._proc, signal.SIGKILL)
+
+
+def _exec_spec(message: dict[str, Any]) -> ExecSpec:
+    try:
+        spec = wire.decode(ExecSpec, message["spec"])
+    except (KeyError, TypeError, ValueError, wire.ProtocolError) as exc:
+        raise OpError("InvalidArgument", f"invalid exec spec: {exc}") from None
+    if not spec.process.args:
+        raise OpError("InvalidArgument", "No exec command specified")
+    if not spec.exec_id:
+        raise OpError("InvalidArgument", "exec: no id given")
+    return spec
 
 
 def _validate(spec: ContainerSpec) -> None:

@@ -35,7 +35,8 @@ def cli_config(session_root: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def berthd(session_root: Path, session_token: str) -> Iterator[Berthd]:
-    daemon = Berthd(root=session_root / "berthd", cgroup_parent=f"berth-test-{session_token}")
+    daemon = Berthd(root=session_root / "berthd", cgroup_parent=f"berth-test-{session_token}-d",
+                    net_token=session_token)
     try:
         daemon.start()
         yield daemon

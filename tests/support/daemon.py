@@ -3,8 +3,10 @@ PID and make sure nothing it started outlives the test (processes, mounts, cgrou
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -37,10 +39,16 @@ class Berthd:
     extra_args: Sequence[str] = ()
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
+    # Names and addresses Berth puts on the host carry this token (random unless given), so
+    # daemons of concurrent sessions never share a bridge, veth name, subnet or nft table.
+    net_token: str = ""
+    net: NetNames = field(init=False)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        self.certs_dir.mkdir(exist_ok=True)
         self.log_path = self.root / "berthd.log"
+        self.net = NetNames.for_token(self.net_token or secrets.token_hex(3))
 
     @property
     def socket(self) -> str:
@@ -62,7 +70,12 @@ class Berthd:
         return [sys.executable, "-m", "apiserver", "-H", self.host, "--data-root", str(self.data_root),
                 "--exec-root", str(self.exec_root), "--cgroup-parent", self.cgroup_parent,
                 "--config-file", str(self.root / "daemon.json"), "--shutdown-timeout", "5",
-                *self.extra_args]
+                "--registry-certs-dir", str(self.certs_dir), *self.net.args(), *self.extra_args]
+
+    @property
+    def certs_dir(self) -> Path:
+        """certs.d for registries: a test drops ``<host:port>/ca.crt`` here (read per operation)."""
+        return self.root / "certs.d"
 
     def start(self, timeout: float = 60.0) -> None:
         cfg = self.root / "daemon.json"
@@ -134,6 +147,64 @@ class Berthd:
                 pass
         remove_cgroups(self.cgroup_parent)
         unmount_below(self.root)
+        self.net.cleanup()
+
+
+@dataclass(frozen=True)
+class NetNames:
+    """A daemon's host-visible network names: default bridge, user bridges' and veths' name
+    prefixes, nft table, and a /16 of 10.0.0.0/8 that no route of the host touches."""
+
+    token: str
+    bridge: str
+    bridge_prefix: str
+    veth_prefix: str
+    table: str
+    base: str  # "10.N"
+
+    @classmethod
+    def for_token(cls, token: str) -> NetNames:
+        taken = host_route_networks()
+        start = int(token, 16)
+        for i in range(150):
+            base = f"10.{100 + (start + i) % 150}"
+            net = ipaddress.IPv4Network(f"{base}.0.0/16")
+            if not any(net.overlaps(t) for t in taken):
+                break
+        return cls(token=token, bridge=f"bt{token}", bridge_prefix=f"b{token}-", veth_prefix=f"v{token}",
+                   table=f"berth_{token}", base=base)
+
+    def args(self) -> list[str]:
+        return ["--bridge", self.bridge, "--bip", f"{self.base}.0.1/24",
+                "--default-address-pool", f"base={self.base}.0.0/16,size=24", "--bridge-prefix", self.bridge_prefix,
+                "--veth-prefix", self.veth_prefix, "--nft-table", self.table]
+
+    def links(self) -> list[str]:
+        out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=False).stdout
+        names = [line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if line.count(":") >= 2]
+        return [n for n in names if n == self.bridge or n.startswith((self.bridge_prefix, self.veth_prefix))]
+
+    def table_exists(self) -> bool:
+        out = subprocess.run(["nft", "list", "tables", "ip"], capture_output=True, text=True, check=False).stdout
+        return f"table ip {self.table}" in out.splitlines()
+
+    def cleanup(self) -> None:
+        """Remove whatever the daemon left: veths first (their peers go with them), bridges, table."""
+        for name in sorted(self.links(), key=lambda n: not n.startswith(self.veth_prefix)):
+            subprocess.run(["ip", "link", "delete", name], capture_output=True, check=False)
+        subprocess.run(["nft", "delete", "table", "ip", self.table], capture_output=True, check=False)
+
+
+def host_route_networks() -> list[ipaddress.IPv4Network]:
+    found = []
+    for line in Path("/proc/net/route").read_text().splitlines()[1:]:
+        fields = line.split()
+        dest = ipaddress.IPv4Address(int(fields[1], 16).to_bytes(4, "little"))
+        mask = ipaddress.IPv4Address(int(fields[7], 16).to_bytes(4, "little"))
+        net = ipaddress.IPv4Network(f"{dest}/{mask}", strict=False)
+        if net.prefixlen:
+            found.append(net)
+    return found
 
 
 def remove_cgroups(parent: str) -> None:
@@ -178,7 +249,10 @@ def docker(host: str, *args: str, input: bytes | str | None = None, timeout: flo
         full_env["DOCKER_CONFIG"] = str(config_dir)
     full_env.update(env or {})
     data = input.encode() if isinstance(input, str) else input
-    proc = subprocess.run(["docker", *args], input=data, capture_output=True, timeout=timeout, env=full_env)
+    # Never inherit a terminal: after a 401 the CLI would prompt for credentials and wait.
+    stdin = subprocess.DEVNULL if data is None else None
+    proc = subprocess.run(["docker", *args], input=data, stdin=stdin, capture_output=True, timeout=timeout,
+                          env=full_env)
     return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(errors="replace"),
                                        proc.stderr.decode(errors="replace"))
 

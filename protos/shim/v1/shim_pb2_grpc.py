@@ -101,6 +101,41 @@ class TasksStub:
                 request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.EventsRequest.SerializeToString,
                 response_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.EventsResponse.FromString,
                 _registered_method=True)
+        self.Pause = channel.unary_unary(
+                '/berth.shim.v1.Tasks/Pause',
+                request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.PauseRequest.SerializeToString,
+                response_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.PauseResponse.FromString,
+                _registered_method=True)
+        self.Resume = channel.unary_unary(
+                '/berth.shim.v1.Tasks/Resume',
+                request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.ResumeRequest.SerializeToString,
+                response_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.ResumeResponse.FromString,
+                _registered_method=True)
+        self.Update = channel.unary_unary(
+                '/berth.shim.v1.Tasks/Update',
+                request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.UpdateRequest.SerializeToString,
+                response_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.UpdateResponse.FromString,
+                _registered_method=True)
+        self.Stats = channel.unary_unary(
+                '/berth.shim.v1.Tasks/Stats',
+                request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.StatsRequest.SerializeToString,
+                response_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.StatsResponse.FromString,
+                _registered_method=True)
+        self.Top = channel.unary_unary(
+                '/berth.shim.v1.Tasks/Top',
+                request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.TopRequest.SerializeToString,
+                response_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.TopResponse.FromString,
+                _registered_method=True)
+        self.Exec = channel.stream_stream(
+                '/berth.shim.v1.Tasks/Exec',
+                request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.ExecRequest.SerializeToString,
+                response_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.ExecResponse.FromString,
+                _registered_method=True)
+        self.ResizeExec = channel.unary_unary(
+                '/berth.shim.v1.Tasks/ResizeExec',
+                request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.ResizeExecRequest.SerializeToString,
+                response_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.ResizeExecResponse.FromString,
+                _registered_method=True)
 
 
 class TasksServicer:
@@ -202,6 +237,58 @@ class TasksServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Pause(self, request, context):
+        """Pause freezes every process of a running container (cgroup freezer).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resume(self, request, context):
+        """Resume thaws a paused container.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Update(self, request, context):
+        """Update replaces a container's resource limits and restart policy (applied at once if it runs).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stats(self, request, context):
+        """Stats samples the cgroup counters of a running container.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Top(self, request, context):
+        """Top runs the host's ps and keeps the lines of the container's processes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Exec(self, request_iterator, context):
+        """Exec runs a process inside a running container. The first client message names the
+        container and the process; the first server message (started) confirms it runs, or the call
+        fails with the start error. Then stdin goes up and output comes down; the stream ends once
+        the process exited and its exit was recorded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResizeExec(self, request, context):
+        """ResizeExec sets the window size of an exec's terminal.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TasksServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -269,6 +356,41 @@ def add_TasksServicer_to_server(servicer, server):
                     servicer.Events,
                     request_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.EventsRequest.FromString,
                     response_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.EventsResponse.SerializeToString,
+            ),
+            'Pause': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pause,
+                    request_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.PauseRequest.FromString,
+                    response_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.PauseResponse.SerializeToString,
+            ),
+            'Resume': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resume,
+                    request_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.ResumeRequest.FromString,
+                    response_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.ResumeResponse.SerializeToString,
+            ),
+            'Update': grpc.unary_unary_rpc_method_handler(
+                    servicer.Update,
+                    request_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.UpdateRequest.FromString,
+                    response_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.UpdateResponse.SerializeToString,
+            ),
+            'Stats': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stats,
+                    request_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.StatsRequest.FromString,
+                    response_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.StatsResponse.SerializeToString,
+            ),
+            'Top': grpc.unary_unary_rpc_method_handler(
+                    servicer.Top,
+                    request_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.TopRequest.FromString,
+                    response_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.TopResponse.SerializeToString,
+            ),
+            'Exec': grpc.stream_stream_rpc_method_handler(
+                    servicer.Exec,
+                    request_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.ExecRequest.FromString,
+                    response_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.ExecResponse.SerializeToString,
+            ),
+            'ResizeExec': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResizeExec,
+                    request_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.ResizeExecRequest.FromString,
+                    response_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.ResizeExecResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -624,6 +746,403 @@ class Tasks:
             '/berth.shim.v1.Tasks/Events',
             protos_dot_shim_dot_v1_dot_shim__pb2.EventsRequest.SerializeToString,
             protos_dot_shim_dot_v1_dot_shim__pb2.EventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pause(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/berth.shim.v1.Tasks/Pause',
+            protos_dot_shim_dot_v1_dot_shim__pb2.PauseRequest.SerializeToString,
+            protos_dot_shim_dot_v1_dot_shim__pb2.PauseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/berth.shim.v1.Tasks/Resume',
+            protos_dot_shim_dot_v1_dot_shim__pb2.ResumeRequest.SerializeToString,
+            protos_dot_shim_dot_v1_dot_shim__pb2.ResumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Update(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/berth.shim.v1.Tasks/Update',
+            protos_dot_shim_dot_v1_dot_shim__pb2.UpdateRequest.SerializeToString,
+            protos_dot_shim_dot_v1_dot_shim__pb2.UpdateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/berth.shim.v1.Tasks/Stats',
+            protos_dot_shim_dot_v1_dot_shim__pb2.StatsRequest.SerializeToString,
+            protos_dot_shim_dot_v1_dot_shim__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Top(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/berth.shim.v1.Tasks/Top',
+            protos_dot_shim_dot_v1_dot_shim__pb2.TopRequest.SerializeToString,
+            protos_dot_shim_dot_v1_dot_shim__pb2.TopResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exec(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/berth.shim.v1.Tasks/Exec',
+            protos_dot_shim_dot_v1_dot_shim__pb2.ExecRequest.SerializeToString,
+            protos_dot_shim_dot_v1_dot_shim__pb2.ExecResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResizeExec(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/berth.shim.v1.Tasks/ResizeExec',
+            protos_dot_shim_dot_v1_dot_shim__pb2.ResizeExecRequest.SerializeToString,
+            protos_dot_shim_dot_v1_dot_shim__pb2.ResizeExecResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class NetworksStub:
+    """Networks wires container networks on this host: bridges, and endpoints of existing containers.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.EnsureNetwork = channel.unary_unary(
+                '/berth.shim.v1.Networks/EnsureNetwork',
+                request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.EnsureNetworkRequest.SerializeToString,
+                response_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.EnsureNetworkResponse.FromString,
+                _registered_method=True)
+        self.RemoveNetwork = channel.unary_unary(
+                '/berth.shim.v1.Networks/RemoveNetwork',
+                request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.RemoveNetworkRequest.SerializeToString,
+                response_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.RemoveNetworkResponse.FromString,
+                _registered_method=True)
+        self.Connect = channel.unary_unary(
+                '/berth.shim.v1.Networks/Connect',
+                request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.ConnectRequest.SerializeToString,
+                response_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.ConnectResponse.FromString,
+                _registered_method=True)
+        self.Disconnect = channel.unary_unary(
+                '/berth.shim.v1.Networks/Disconnect',
+                request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.DisconnectRequest.SerializeToString,
+                response_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.DisconnectResponse.FromString,
+                _registered_method=True)
+
+
+class NetworksServicer:
+    """Networks wires container networks on this host: bridges, and endpoints of existing containers.
+    """
+
+    def EnsureNetwork(self, request, context):
+        """EnsureNetwork creates (or adopts) the network's bridge and firewall entries on this host.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveNetwork(self, request, context):
+        """RemoveNetwork deletes the network's bridge; FAILED_PRECONDITION while containers use it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Connect(self, request, context):
+        """Connect adds an endpoint to a container (an interface at once if it runs).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Disconnect(self, request, context):
+        """Disconnect removes the container's endpoint on a network.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_NetworksServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'EnsureNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnsureNetwork,
+                    request_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.EnsureNetworkRequest.FromString,
+                    response_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.EnsureNetworkResponse.SerializeToString,
+            ),
+            'RemoveNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNetwork,
+                    request_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.RemoveNetworkRequest.FromString,
+                    response_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.RemoveNetworkResponse.SerializeToString,
+            ),
+            'Connect': grpc.unary_unary_rpc_method_handler(
+                    servicer.Connect,
+                    request_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.ConnectRequest.FromString,
+                    response_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.ConnectResponse.SerializeToString,
+            ),
+            'Disconnect': grpc.unary_unary_rpc_method_handler(
+                    servicer.Disconnect,
+                    request_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.DisconnectRequest.FromString,
+                    response_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.DisconnectResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'berth.shim.v1.Networks', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('berth.shim.v1.Networks', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Networks:
+    """Networks wires container networks on this host: bridges, and endpoints of existing containers.
+    """
+
+    @staticmethod
+    def EnsureNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/berth.shim.v1.Networks/EnsureNetwork',
+            protos_dot_shim_dot_v1_dot_shim__pb2.EnsureNetworkRequest.SerializeToString,
+            protos_dot_shim_dot_v1_dot_shim__pb2.EnsureNetworkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/berth.shim.v1.Networks/RemoveNetwork',
+            protos_dot_shim_dot_v1_dot_shim__pb2.RemoveNetworkRequest.SerializeToString,
+            protos_dot_shim_dot_v1_dot_shim__pb2.RemoveNetworkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Connect(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/berth.shim.v1.Networks/Connect',
+            protos_dot_shim_dot_v1_dot_shim__pb2.ConnectRequest.SerializeToString,
+            protos_dot_shim_dot_v1_dot_shim__pb2.ConnectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Disconnect(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/berth.shim.v1.Networks/Disconnect',
+            protos_dot_shim_dot_v1_dot_shim__pb2.DisconnectRequest.SerializeToString,
+            protos_dot_shim_dot_v1_dot_shim__pb2.DisconnectResponse.FromString,
             options,
             channel_credentials,
             insecure,
