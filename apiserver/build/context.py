@@ -238,36 +238,27 @@ class BuildContext:
                 h.update(hashlib.sha256(self._data(item.member)).digest())
         return h.hexdigest()
 
-    def write_tar(self, selected: list[Selected], out: IO[bytes], *, uid: int | None, gid: int | None,
-                  chmod: int | None, parents: list[str]) -> None:
-        """A tar of the selection under its target names (relative to ``/``), with the directories
-        in ``parents`` created first (owned by root unless chown applies to them too)."""
-        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            for directory in parents:
-                info = tarfile.TarInfo(directory.lstrip("/"))
-                info.type = tarfile.DIRTYPE
-                info.mode = 0o755
-                info.uid = uid or 0
-                info.gid = gid or 0
+    def add_selected(self, tar: tarfile.TarFile, selected: list[Selected], *, uid: int | None, gid: int | None,
+                     chmod: int | None) -> None:
+        """Append the selection to ``tar`` under its target names, with ``--chown``/``--chmod``."""
+        renamed = {s.member.path: s.target.lstrip("/") for s in selected}
+        for item in selected:
+            src = item.member.info
+            info = tarfile.TarInfo(item.target.lstrip("/"))
+            info.type = src.type
+            info.mode = (chmod if chmod is not None and not src.issym() else src.mode) & 0o7777
+            info.mtime = src.mtime
+            info.linkname = src.linkname
+            info.uid = src.uid if uid is None else uid
+            info.gid = src.gid if gid is None else (gid or 0)
+            if src.islnk():
+                # a hardlink keeps pointing at its (renamed) target within the selection
+                info.linkname = renamed.get(posixpath.normpath(src.linkname), src.linkname)
+            if src.isreg():
+                info.size = src.size
+                tar.addfile(info, io.BytesIO(self._data(item.member)))
+            else:
                 tar.addfile(info)
-            for item in selected:
-                src = item.member.info
-                info = tarfile.TarInfo(item.target.lstrip("/"))
-                info.type = src.type
-                info.mode = (chmod if chmod is not None else src.mode) & 0o7777
-                info.mtime = src.mtime
-                info.linkname = src.linkname
-                info.uid = src.uid if uid is None else uid
-                info.gid = src.gid if gid is None else gid
-                if src.islnk():
-                    # a hardlink inside the selection keeps pointing at its renamed target
-                    info.linkname = next((s.target.lstrip("/") for s in selected
-                                          if s.member.path == posixpath.normpath(src.linkname)), src.linkname)
-                if src.isreg():
-                    info.size = src.size
-                    tar.addfile(info, io.BytesIO(self._data(item.member)))
-                else:
-                    tar.addfile(info)
 
 
 def _glob_match(pattern: str, path: str) -> bool:

@@ -29,6 +29,7 @@ from typing import Any
 import structlog
 
 from apiserver.build.context import BuildContext, Selected, TarBuffer
+from apiserver.build.copy import Copier
 from apiserver.build.dockerfile import Dockerfile, DockerfileError, Instruction, parse
 from apiserver.build.shell import Lexer
 from apiserver.containers.views import rfc3339_nano
@@ -37,7 +38,7 @@ from apiserver.nodes import HostServices, NodeDirectory
 from protos.errors import BerthError, InvalidArgument, NotFound
 from registry_client import reference
 from shim.api import AttachInput, AttachOptions, ContainerSpec, ProcessSpec
-from snapshotter.api import RegistryAuth
+from snapshotter.api import CommitResult, RegistryAuth
 
 log = structlog.get_logger()
 
@@ -139,12 +140,14 @@ class Builder:
         self._pull = pull
         self._node = ""
         self._host: HostServices | None = None
+        self._ctx: BuildContext | None = None
 
     async def run(self, ctx: BuildContext, options: BuildOptions) -> AsyncIterator[Message]:
         if options.platform and options.platform.split("/")[0:2] != ["linux", _host_arch()][: len(
                 options.platform.split("/")[0:2])]:
             raise InvalidArgument(f"platform {options.platform} is not supported: this builder builds "
                                   f"linux/{_host_arch()} only")
+        self._ctx = ctx
         text = ctx.read(options.dockerfile).decode(errors="replace")
         ctx.apply_dockerignore()
         df = parse(text)
@@ -427,7 +430,8 @@ class Builder:
             async for m in self._run(stage, ins, options, used):
                 yield m
         elif ins.cmd in ("copy", "add"):
-            raise InvalidArgument(f"{ins.keyword} is not implemented by Berth's builder yet")
+            async for m in self._copy(stage, stages, ins, lexer, env, options):
+                yield m
         else:  # pragma: no cover - the parser only lets known instructions through
             raise DockerfileError(f"unknown instruction: {ins.keyword}")
 
@@ -508,8 +512,7 @@ class Builder:
         record = None if options.pull else await self._images.find(base)
         if record is None:
             ref = reference.parse_tagged(base)
-            auth = options.auth.get(ref.domain) or options.auth.get(_index_key(ref.domain)) or RegistryAuth()
-            async for message in self._pull(ref.canonical, auth):
+            async for message in self._pull_image(base, options):
                 yield message
             record = await self._images.find(ref.canonical)
             if record is None:
@@ -534,6 +537,61 @@ class Builder:
         # missing working directory), so WORKDIR alone adds an empty layer.
         async for m in self._metadata_step(stage, f"/bin/sh -c #(nop) WORKDIR {path}", options, apply):
             yield m
+
+    async def _copy(self, stage: Stage, stages: list[Stage], ins: Instruction, lexer: Lexer, env: dict[str, str],
+                    options: BuildOptions) -> AsyncIterator[Message]:
+        assert self._ctx is not None
+        host = await self._host_for(self._node)
+        copier = Copier(host.images, host.snapshots, self._ctx)
+        from_chain: str | None = None
+        from_ref = ""
+        source = lexer.process_word(ins.flags.get("from", ""), env) if ins.cmd == "copy" else ""
+        if source:
+            named = next((s for s in stages if s.index < stage.index and (
+                s.name == source.lower() or str(s.index) == source)), None)
+            if named is not None:
+                from_chain, from_ref = named.chain_id, named.image_id
+            else:
+                record = await self._images.find(source)
+                if record is None:
+                    async for message in self._pull_image(source, options):
+                        yield message
+                    record = await self._images.find(source)
+                if record is None or self._node not in record.nodes:
+                    raise NotFound(f"invalid from flag value {source}: No such image: {source}")
+                from_chain, from_ref = record.chain_id, record.id
+        workdir = (stage.config.get("config") or {}).get("WorkingDir") or "/"
+        plan = await copier.plan(ins, lexer, env, workdir, from_chain, from_ref)
+        key = self._cache_key(stage, plan.created_by)
+        if await self._from_cache(stage, key, options):
+            yield {"stream": " ---> Using cache\n"}
+            return
+        snapshot = f"build-{secrets.token_hex(16)}"
+        await host.snapshots.prepare(snapshot, stage.chain_id, {"berth.build": "1"})
+        try:
+            await copier.execute(snapshot, plan)
+            result = await host.images.commit_layer(snapshot, consume=True)
+        except BaseException:
+            with contextlib.suppress(BerthError):
+                await host.snapshots.remove(snapshot)
+            raise
+        await self._save_layer_step(stage, plan.created_by, result, key)
+
+    async def _save_layer_step(self, stage: Stage, created_by: str, result: CommitResult, key: str) -> None:
+        new = self._next_config(stage, created_by, empty=result.layer is None)
+        layers = list(stage.layers)
+        if result.layer is not None:
+            layers.append({"digest": result.layer.digest, "diff_id": result.layer.diff_id,
+                           "media_type": result.layer.media_type, "size": result.layer.size})
+            new.setdefault("rootfs", {"type": "layers", "diff_ids": []})
+            new["rootfs"]["diff_ids"] = [*new["rootfs"].get("diff_ids", []), result.layer.diff_id]
+        await self._save_image(stage, new, layers, result.chain_id, key)
+
+    async def _pull_image(self, name: str, options: BuildOptions) -> AsyncIterator[Message]:
+        ref = reference.parse_tagged(name)
+        auth = options.auth.get(ref.domain) or options.auth.get(_index_key(ref.domain)) or RegistryAuth()
+        async for message in self._pull(ref.canonical, auth):
+            yield message
 
     async def _run(self, stage: Stage, ins: Instruction, options: BuildOptions,
                    used: set[str]) -> AsyncIterator[Message]:
@@ -592,15 +650,8 @@ class Builder:
             if not committed:
                 with contextlib.suppress(BerthError):
                     await host.snapshots.remove(f"build-{cid}")
-        new = self._next_config(stage, created_by, empty=result.layer is None)
-        layers = list(stage.layers)
-        if result.layer is not None:
-            layers.append({"digest": result.layer.digest, "diff_id": result.layer.diff_id,
-                           "media_type": result.layer.media_type, "size": result.layer.size})
-            new.setdefault("rootfs", {"type": "layers", "diff_ids": []})
-            new["rootfs"]["diff_ids"] = [*new["rootfs"].get("diff_ids", []), result.layer.diff_id]
         yield {"stream": f" ---> Removed intermediate container {cid[:12]}\n"}
-        await self._save_image(stage, new, layers, result.chain_id, key)
+        await self._save_layer_step(stage, created_by, result, key)
 
 
 async def _no_stdin() -> AsyncIterator[AttachInput]:
