@@ -3,7 +3,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 PROTOS := protos/shim/v1/shim.proto protos/snapshotter/v1/snapshotter.proto
-DEB_PACKAGES := redis-server busybox-static iptables nftables docker-registry openssl tmux
+DEB_PACKAGES := redis-server busybox-static iptables nftables docker-registry openssl tmux tini
 
 .PHONY: install install-deb install-py run test protos protos-check lint bench clean
 

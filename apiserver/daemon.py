@@ -26,6 +26,7 @@ import structlog
 from apiserver.app import build_app
 from apiserver.build.engine import BuildCache, Builder
 from apiserver.config import ConfigError, DaemonConfig
+from apiserver.containers.archive import ContainerFilesBackend
 from apiserver.containers.backend import ContainerBackend
 from apiserver.containers.store import ContainerStore
 from apiserver.events import EventBus
@@ -42,13 +43,17 @@ from apiserver.nodes import NodeDirectory
 from apiserver.processes import ManagedProcess
 from apiserver.remote import connect_remote
 from apiserver.routers import build as build_router
+from apiserver.routers import container_files as container_files_router
 from apiserver.routers import containers as containers_router
 from apiserver.routers import exec as exec_router
 from apiserver.routers import images as images_router
 from apiserver.routers import networks as networks_router
 from apiserver.routers import runtime as runtime_router
 from apiserver.routers import system as system_router
+from apiserver.routers import volumes as volumes_router
 from apiserver.system import SystemBackend
+from apiserver.volumes.backend import VolumeBackend
+from apiserver.volumes.store import VolumeStore
 from common import redis_server
 from common.keys import Keys
 from common.nodes import load_or_create_node_id
@@ -183,10 +188,12 @@ class Daemon:
         await networks.reconcile()
         if embedded is not None:  # the default bridge exists from the start, as docker0 does
             await networks.ensure_on_node(default_bridge, embedded.node_id)
+        volumes = VolumeBackend(redis=redis, keys=keys, store=VolumeStore(redis, keys), containers=container_store,
+                                nodes=directory)
         containers = ContainerBackend(redis=redis, keys=keys, store=container_store, images=image_store,
-                                      nodes=directory, bus=bus, networks=networks)
+                                      nodes=directory, bus=bus, networks=networks, volumes=volumes)
         images = ImageBackend(redis=redis, keys=keys, store=image_store, containers=container_store,
-                              nodes=directory)
+                              nodes=directory, volume_usage=volumes.disk_usage)
         insecure = insecure_matcher(cfg.insecure_registries)
         registries = RegistrySettings(insecure=insecure, tls=RegistryTLS(insecure=insecure,
                                                                          certs_dir=cfg.registry_certs_dir),
@@ -207,12 +214,15 @@ class Daemon:
 
         app = build_app([system_router.register, containers_router.register, images_router.register,
                          build_router.register, networks_router.register, runtime_router.register,
-                         exec_router.register])
+                         exec_router.register, container_files_router.register, volumes_router.register])
         app[exec_router.EXECS] = ExecBackend(redis=redis, keys=keys, containers=container_store, nodes=directory)
         app[networks_router.NETWORKS] = networks
         app[build_router.BUILDER] = new_builder
         app[system_router.SYSTEM] = system
         app[containers_router.CONTAINERS] = containers
+        app[volumes_router.VOLUMES] = volumes
+        app[container_files_router.FILES] = ContainerFilesBackend(
+            redis=redis, keys=keys, containers=container_store, images=image_store, nodes=directory)
         app[images_router.IMAGES] = images
         app[images_router.DISTRIBUTION] = distribution
         runner = EngineRunner(app, access_log=None, shutdown_timeout=2.0)

@@ -98,6 +98,9 @@ class EventBus:
             try:
                 batches: Any = await self._redis.xread({self._keys.events: self._last_id}, block=_BLOCK_MS, count=500)
             except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc  # redis-py can turn a cancel into a timeout
                 log.warning("events_follow_failed", error=str(exc))
                 await asyncio.sleep(0.5)
                 continue

@@ -18,6 +18,7 @@ from common.nodes import NodeRecord
 from protos.errors import InvalidArgument, Unavailable
 from shim.api import Runtime
 from shim.network.api import Networks
+from shim.storage.api import ContainerFiles, Volumes
 from snapshotter.api import ContentStore, Images, Snapshotter
 
 log = structlog.get_logger()
@@ -34,6 +35,8 @@ class HostServices:
     images: Images
     close: Callable[[], Awaitable[None]]
     networks: Networks
+    files: ContainerFiles  # running containers' files (docker cp)
+    volumes: Volumes  # the local volume driver's data on this node
 
 
 Connector = Callable[[NodeRecord], Awaitable[HostServices]]

@@ -7,6 +7,7 @@ from common.nodes import NodeRecord
 from protos.rpc import insecure_channel
 from shim.client import RemoteRuntime
 from shim.network.client import RemoteNetworks
+from shim.storage.client import RemoteFiles, RemoteVolumes
 from snapshotter.client import RemoteContentStore, RemoteImages, RemoteSnapshotter
 
 
@@ -26,4 +27,6 @@ async def connect_remote(record: NodeRecord) -> HostServices:
         images=RemoteImages(snap_channel),
         close=close,
         networks=RemoteNetworks(shim_channel),
+        files=RemoteFiles(shim_channel),
+        volumes=RemoteVolumes(shim_channel),
     )

@@ -112,6 +112,18 @@ class Keys:
     def subnets(self) -> str:
         return f"{self.ns}:subnets"
 
+    # volumes: hash vol:<name> (record JSON, node); vols is a sorted set of names scored by
+    # creation time (ns); vol:<name>:refs is the set of container ids using the volume.
+    def volume(self, name: str) -> str:
+        return f"{self.ns}:vol:{name}"
+
+    @property
+    def volumes(self) -> str:
+        return f"{self.ns}:vols"
+
+    def volume_refs(self, name: str) -> str:
+        return f"{self.ns}:vol:{name}:refs"
+
     # events: one capped stream
     @property
     def events(self) -> str:

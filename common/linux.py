@@ -231,3 +231,21 @@ def inotify_add_watch(fd: int, path: str, mask: int) -> int:
 
 def inotify_rm_watch(fd: int, wd: int) -> None:
     _check(_libc.inotify_rm_watch(fd, wd), "inotify_rm_watch")
+
+
+# seccomp(2) filters, installed with prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &sock_fprog).
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def seccomp_set_filter(program: bytes) -> None:
+    """Install a classic BPF program (an array of 8-byte ``struct sock_filter``) as this
+    thread's seccomp filter; it is inherited across fork and kept across execve."""
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    _check(_libc.prctl(PR_SET_SECCOMP, ctypes.c_ulong(SECCOMP_MODE_FILTER), ctypes.byref(fprog),
+                       ctypes.c_ulong(0), ctypes.c_ulong(0)), "prctl(PR_SET_SECCOMP)")

@@ -37,6 +37,8 @@ from shim.network.service import NetworksServicer
 from shim.redis_sink import RedisStateSink
 from shim.restart import restart_on_boot
 from shim.service import TasksServicer
+from shim.storage import service as storage_service
+from shim.storage.local import LocalFiles, LocalVolumes
 from shim.supervisor.client import SupervisorPaths, spawn
 
 log = structlog.get_logger()
@@ -158,6 +160,8 @@ async def serve(cfg: ShimConfig) -> int:
     server = grpc.aio.server(options=SERVER_OPTIONS)
     shim_pb2_grpc.add_TasksServicer_to_server(TasksServicer(cast(Runtime, wrapped)), server)  # type: ignore[no-untyped-call]
     shim_pb2_grpc.add_NetworksServicer_to_server(NetworksServicer(manager), server)  # type: ignore[no-untyped-call]
+    storage_service.add_servicers(server, files=LocalFiles(SupervisorPaths(cfg.root, cfg.exec_root).socket),
+                                  volumes=LocalVolumes(cfg.root / "volumes"))
     listen_path = _listen(server, cfg.address)
     await server.start()
     if listen_path.startswith("/"):

@@ -97,6 +97,27 @@ class BindMount:
     readonly: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class ContainerMount:
+    """A user's mount (``-v``, ``--mount``, ``--tmpfs``, ``--volumes-from``), made in the
+    container's child before ``pivot_root`` with the target resolved inside the rootfs.
+    ``type``: ``bind`` (``source`` a host path; ``create_source`` makes a missing directory, as
+    ``-v`` does), ``volume`` (``source`` a volume name on this host) or ``tmpfs`` (``data`` its
+    options). ``propagation``: Docker's words (``rprivate``…, "" for the default); ``recursive``
+    false for a non-recursive bind; ``copy_up``: an empty volume receives the image's content at
+    ``destination`` when the container is created."""
+
+    type: str
+    destination: str
+    source: str = ""
+    readonly: bool = False
+    propagation: str = ""
+    recursive: bool = True
+    data: str = ""
+    copy_up: bool = False
+    create_source: bool = False
+
+
 class NamespaceMode(enum.StrEnum):
     PRIVATE = "private"
     HOST = "host"
@@ -175,6 +196,8 @@ class ContainerSpec:
     networking: Networking = field(default_factory=Networking)
     netns_path: str = ""
     binds: tuple[BindMount, ...] = ()
+    # Users' mounts (volumes, binds, tmpfs), in Docker's order of precedence.
+    mounts: tuple[ContainerMount, ...] = ()
 
 
 class HealthStatus(enum.StrEnum):
@@ -477,4 +500,9 @@ class Runtime(Protocol):
 
     async def resize_exec(self, id: str, exec_id: str, height: int, width: int) -> None:
         """Set an exec's pty window size; a no-op once it exited or without a terminal."""
+        ...
+
+    async def check_user(self, id: str, user: str) -> None:
+        """Resolve ``user`` (as :class:`ProcessSpec` takes it) in the running container's own
+        /etc/passwd and /etc/group; ``InvalidArgument`` in runc's words if it names nobody."""
         ...

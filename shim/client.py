@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from protos.errors import Unavailable
 from protos.rpc import rpc_errors, stream_errors
 from protos.shim.v1 import shim_pb2 as pb
 from protos.shim.v1 import shim_pb2_grpc
@@ -23,10 +24,16 @@ from shim.api import (
     AttachOptions,
     ContainerSpec,
     ContainerState,
+    ContainerStats,
+    ExecSpec,
+    ExecState,
     LogEntry,
     LogsOptions,
     Output,
+    Resources,
+    RestartPolicy,
     TaskEvent,
+    TopResult,
 )
 
 
@@ -65,15 +72,19 @@ class RemoteRuntime:
             reply = await self._stub.Start(pb.StartRequest(id=id))
         return convert.state_from_proto(reply.state)
 
-    async def kill(self, id: str, signal: int = 15, all: bool = False) -> None:
+    async def kill(self, id: str, signal: int = 15, all: bool = False, *, manual: bool = False,
+                   cancel_restart: bool = False) -> None:
         await self._subscriptions_in_place()
         async with rpc_errors():
-            await self._stub.Kill(pb.KillRequest(id=id, signal=signal, all=all))
+            await self._stub.Kill(pb.KillRequest(id=id, signal=signal, all=all, manual=manual,
+                                                 cancel_restart=cancel_restart))
 
-    async def stop(self, id: str, signal: int = 15, timeout: float = 10.0) -> ContainerState:  # noqa: ASYNC109
+    async def stop(self, id: str, signal: int = 15, timeout: float = 10.0, *,
+                   manual: bool = True) -> ContainerState:
         await self._subscriptions_in_place()
         async with rpc_errors():
-            reply = await self._stub.Stop(pb.StopRequest(id=id, signal=signal, timeout=timeout))
+            reply = await self._stub.Stop(pb.StopRequest(id=id, signal=signal, timeout=timeout,
+                                                         daemon_shutdown=not manual))
         return convert.state_from_proto(reply.state)
 
     async def delete(self, id: str, force: bool = False) -> ContainerState:
@@ -159,6 +170,81 @@ class RemoteRuntime:
                 yield convert.event_from_proto(message)
         finally:
             call.cancel()
+
+
+    async def pause(self, id: str) -> ContainerState:
+        await self._subscriptions_in_place()
+        async with rpc_errors():
+            reply = await self._stub.Pause(pb.PauseRequest(id=id))
+        return convert.state_from_proto(reply.state)
+
+    async def resume(self, id: str) -> ContainerState:
+        await self._subscriptions_in_place()
+        async with rpc_errors():
+            reply = await self._stub.Resume(pb.ResumeRequest(id=id))
+        return convert.state_from_proto(reply.state)
+
+    async def update(self, id: str, resources: Resources, restart_policy: RestartPolicy) -> ContainerState:
+        await self._subscriptions_in_place()
+        async with rpc_errors():
+            reply = await self._stub.Update(pb.UpdateRequest(
+                id=id, resources=convert.resources_to_proto(resources),
+                restart_policy=convert.restart_policy_to_proto(restart_policy)))
+        return convert.state_from_proto(reply.state)
+
+    async def stats(self, id: str) -> ContainerStats:
+        async with rpc_errors():
+            reply = await self._stub.Stats(pb.StatsRequest(id=id))
+        return convert.stats_from_proto(reply.stats)
+
+    async def top(self, id: str, ps_args: str) -> TopResult:
+        async with rpc_errors():
+            reply = await self._stub.Top(pb.TopRequest(id=id, ps_args=ps_args))
+        return convert.top_from_proto(reply)
+
+    async def exec(self, id: str, spec: ExecSpec,
+                   stdin: AsyncIterator[AttachInput]) -> tuple[ExecState, AsyncIterator[Output]]:
+        await self._subscriptions_in_place()
+
+        async def requests() -> AsyncIterator[pb.ExecRequest]:
+            yield convert.exec_request(id, spec)
+            if spec.process.open_stdin and not spec.detach:
+                async for item in stdin:
+                    yield convert.exec_input_to_proto(item)
+                    if item.close:
+                        return
+
+        call = self._stub.Exec(requests())
+        try:
+            async with rpc_errors():
+                first = await call.read()
+        except BaseException:
+            call.cancel()
+            raise
+        if first is grpc.aio.EOF:
+            call.cancel()
+            raise Unavailable("exec: the shim ended the stream before the process started")
+        return convert.exec_state_from_proto(first.started), self._exec_stream(call)
+
+    @staticmethod
+    async def _exec_stream(call: Any) -> AsyncIterator[Output]:
+        try:
+            while True:
+                async with rpc_errors():
+                    message = await call.read()
+                if message is grpc.aio.EOF:
+                    return
+                yield convert.exec_output_from_proto(message)
+        finally:
+            call.cancel()
+
+    async def resize_exec(self, id: str, exec_id: str, height: int, width: int) -> None:
+        async with rpc_errors():
+            await self._stub.ResizeExec(pb.ResizeExecRequest(id=id, exec_id=exec_id, height=height, width=width))
+
+    async def check_user(self, id: str, user: str) -> None:
+        async with rpc_errors():
+            await self._stub.CheckUser(pb.CheckUserRequest(id=id, user=user))
 
 
 async def _first_message(call: Any) -> None:

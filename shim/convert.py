@@ -9,6 +9,7 @@ from shim.api import (
     AttachOptions,
     BindMount,
     BlkioEntry,
+    ContainerMount,
     ContainerSpec,
     ContainerState,
     ContainerStats,
@@ -117,7 +118,8 @@ def spec_to_proto(s: ContainerSpec) -> pb.ContainerSpec:
         group_add=list(s.group_add), init=s.init, no_new_privileges=s.no_new_privileges,
         seccomp_profile=s.seccomp_profile, networking=network_convert.networking_to_proto(s.networking),
         netns_path=s.netns_path,
-        binds=[pb.BindMount(source=b.source, destination=b.destination, readonly=b.readonly) for b in s.binds])
+        binds=[pb.BindMount(source=b.source, destination=b.destination, readonly=b.readonly) for b in s.binds],
+        mounts=[container_mount_to_proto(m) for m in s.mounts])
 
 
 def spec_from_proto(s: pb.ContainerSpec) -> ContainerSpec:
@@ -131,7 +133,20 @@ def spec_from_proto(s: pb.ContainerSpec) -> ContainerSpec:
         ulimits=tuple(Ulimit(u.name, u.soft, u.hard) for u in s.ulimits), sysctls=dict(s.sysctls),
         group_add=tuple(s.group_add), init=s.init, no_new_privileges=s.no_new_privileges,
         seccomp_profile=s.seccomp_profile, networking=network_convert.networking_from_proto(s.networking),
-        netns_path=s.netns_path, binds=tuple(BindMount(b.source, b.destination, b.readonly) for b in s.binds))
+        netns_path=s.netns_path, binds=tuple(BindMount(b.source, b.destination, b.readonly) for b in s.binds),
+        mounts=tuple(container_mount_from_proto(m) for m in s.mounts))
+
+
+def container_mount_to_proto(m: ContainerMount) -> pb.ContainerMount:
+    return pb.ContainerMount(type=m.type, destination=m.destination, source=m.source, readonly=m.readonly,
+                             propagation=m.propagation, recursive=m.recursive, data=m.data, copy_up=m.copy_up,
+                             create_source=m.create_source)
+
+
+def container_mount_from_proto(m: pb.ContainerMount) -> ContainerMount:
+    return ContainerMount(type=m.type, destination=m.destination, source=m.source, readonly=m.readonly,
+                          propagation=m.propagation, recursive=m.recursive, data=m.data, copy_up=m.copy_up,
+                          create_source=m.create_source)
 
 
 def health_to_proto(h: Health) -> pb.Health:

@@ -30,22 +30,29 @@ from protos.errors import (
     NotModified,
     Unavailable,
 )
-from shim import jsonlog, wire
+from shim import jsonlog, top, wire
 from shim.api import (
     AttachInput,
     AttachOptions,
     ContainerSpec,
     ContainerState,
+    ContainerStats,
     EventType,
+    ExecSpec,
+    ExecState,
     LogEntry,
     LogsOptions,
     Output,
+    Resources,
+    RestartPolicy,
     StateSink,
     Status,
     Stream,
     TaskEvent,
+    TopResult,
 )
 from shim.supervisor.client import AttachStream, Control
+from shim.supervisor.exec_stream import ExecStream
 
 log = structlog.get_logger()
 
@@ -55,6 +62,8 @@ Resync = Callable[[Sequence[ContainerState]], Awaitable[None]]
 RECORD_ATTEMPTS = 7
 # A follower re-reads its log at least this often even without an inotify wake-up.
 FOLLOW_POLL = 1.0
+# Statuses in which a container counts as running for stop/kill/delete/wait (Docker's State.Running).
+LIVE = frozenset({Status.RUNNING, Status.PAUSED, Status.RESTARTING})
 
 
 class LinuxRuntime:
@@ -161,7 +170,8 @@ class LinuxRuntime:
             seq = int(message["seq"])
             try:
                 raw = message["event"]
-                event = TaskEvent(EventType(raw["type"]), wire.decode(ContainerState, raw["state"]))
+                event = TaskEvent(EventType(raw["type"]), wire.decode(ContainerState, raw["state"]),
+                                  wire.decode(ExecState, raw["exec"]) if raw.get("exec") else None)
             except (KeyError, TypeError, ValueError, wire.ProtocolError) as exc:
                 log.error("event_unreadable", seq=seq, error=str(exc))  # skipped, never wedges the queue
                 self._recorded_seq = seq
@@ -201,7 +211,7 @@ class LinuxRuntime:
             self._states.pop(state.id, None)
         else:
             self._states[state.id] = state
-        if state.status != Status.RUNNING or event.type is EventType.DELETE:
+        if state.status not in LIVE or event.type is EventType.DELETE:
             for fut in self._exit_waiters.pop(state.id, []):
                 if not fut.done():
                     fut.set_result(state)
@@ -258,17 +268,24 @@ class LinuxRuntime:
             raise error
         return wire.decode(ContainerState, result["state"])
 
-    async def kill(self, id: str, signal: int = 15, all: bool = False) -> None:
-        if self._state(id).status != Status.RUNNING:
+    async def kill(self, id: str, signal: int = 15, all: bool = False, *, manual: bool = False,
+                   cancel_restart: bool = False) -> None:
+        if self._state(id).status not in LIVE:
             raise ContainerNotRunning(f"container {id} is not running")
-        await self._ctl().request("kill", cid=id, signal=signal, all=all)
+        await self._kill(id, signal, all=all, manual=manual, cancel_restart=cancel_restart)
 
-    async def stop(self, id: str, signal: int = 15, timeout: float = 10.0) -> ContainerState:  # noqa: ASYNC109
-        if self._state(id).status != Status.RUNNING:
+    async def _kill(self, id: str, signal: int, **options: bool) -> None:
+        result = await self._ctl().request("kill", cid=id, signal=signal, **options)
+        if isinstance(result, dict) and result.get("seq"):
+            await self._recorded(int(result["seq"]))  # a cancelled restart or a thaw: recorded first
+
+    async def stop(self, id: str, signal: int = 15, timeout: float = 10.0, *,
+                   manual: bool = True) -> ContainerState:
+        if self._state(id).status not in LIVE:
             raise NotModified("container is already stopped")
         exited = self._exit_future(id)
         try:
-            await self._ctl().request("kill", cid=id, signal=signal)
+            await self._kill(id, signal, manual=manual, cancel_restart=True)
         except ContainerNotRunning:
             pass  # exiting already; the exit is on its way
         if timeout >= 0:
@@ -277,17 +294,19 @@ class LinuxRuntime:
             except TimeoutError:
                 log.info("stop_timeout_killing", container=id[:12], timeout=timeout)
                 with contextlib.suppress(ContainerNotRunning):
-                    await self._ctl().request("kill", cid=id, signal=9)
+                    await self._kill(id, 9, manual=manual, cancel_restart=True)
         return await exited
 
     async def delete(self, id: str, force: bool = False) -> ContainerState:
-        if self._state(id).status == Status.RUNNING:
+        status = self._state(id).status
+        if status in LIVE:
             if not force:
                 raise FailedPrecondition(
-                    f"container {id} is running: stop the container before removing or force remove")
+                    f"container {id} is {'restarting' if status == Status.RESTARTING else 'running'}: stop the "
+                    "container before removing or force remove")
             exited = self._exit_future(id)
             with contextlib.suppress(ContainerNotRunning):
-                await self._ctl().request("kill", cid=id, signal=9)
+                await self._kill(id, 9, cancel_restart=True)
             await exited
         result = await self._ctl().request("delete", cid=id)
         await self._recorded(int(result["seq"]))
@@ -301,7 +320,7 @@ class LinuxRuntime:
 
     async def wait(self, id: str) -> ContainerState:
         state = self._state(id)
-        if state.status != Status.RUNNING:
+        if state.status not in LIVE:
             return state
         return await self._exit_future(id)
 
@@ -400,6 +419,78 @@ class LinuxRuntime:
         finally:
             self._subscribers.discard(queue)
 
+    async def pause(self, id: str) -> ContainerState:
+        return await self._transition("pause", id)
+
+    async def resume(self, id: str) -> ContainerState:
+        return await self._transition("resume", id)
+
+    async def update(self, id: str, resources: Resources, restart_policy: RestartPolicy) -> ContainerState:
+        return await self._transition("update", id, resources=wire.encode(resources),
+                                      restart_policy=wire.encode(restart_policy))
+
+    async def _transition(self, op: str, id: str, **fields: Any) -> ContainerState:
+        """An op that changes the container's state: returns once that change is recorded."""
+        self._state(id)
+        result = await self._ctl().request(op, cid=id, **fields)
+        await self._recorded(int(result["seq"]))
+        return wire.decode(ContainerState, result["state"])
+
+    async def stats(self, id: str) -> ContainerStats:
+        self._state(id)
+        return wire.decode(ContainerStats, await self._ctl().request("stats", cid=id))
+
+    async def top(self, id: str, ps_args: str) -> TopResult:
+        self._state(id)
+        pids = await self._ctl().request("pids", cid=id)
+        return await top.top(ps_args, [int(p) for p in pids])
+
+    async def exec(self, id: str, spec: ExecSpec,
+                   stdin: AsyncIterator[AttachInput]) -> tuple[ExecState, AsyncIterator[Output]]:
+        self._state(id)
+        if spec.detach:
+            result, error = await self._ctl().call("exec", cid=id, spec=wire.encode(spec))
+        else:
+            stream, result, error = await ExecStream.open(self._socket, id, spec)
+        seq = int(result.get("seq", 0)) if isinstance(result, dict) else 0
+        await self._recorded(seq)  # its start (or failed start) is in the state store
+        if error is not None:
+            raise error
+        state = wire.decode(ExecState, result["state"])
+        if spec.detach:
+            return state, _nothing()
+        assert stream is not None
+        return state, self._exec_output(stream, spec, stdin)
+
+    async def _exec_output(self, stream: ExecStream, spec: ExecSpec,
+                           stdin: AsyncIterator[AttachInput]) -> AsyncIterator[Output]:
+        pump = asyncio.get_running_loop().create_task(_pump_stdin(stream, stdin)) if spec.process.open_stdin \
+            else None
+        try:
+            while (item := await stream.read()) is not None:
+                yield Output(Stream(item[0]), item[1])
+            if stream.end.get("seq"):
+                await self._recorded(int(stream.end["seq"]))  # the exit code is readable when we end
+        finally:
+            if pump is not None:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pump
+            await stream.close()
+
+    async def resize_exec(self, id: str, exec_id: str, height: int, width: int) -> None:
+        self._state(id)
+        await self._ctl().request("resize", cid=id, exec_id=exec_id, height=height, width=width)
+
+    async def check_user(self, id: str, user: str) -> None:
+        self._state(id)
+        await self._ctl().request("check_user", cid=id, user=user)
+
+    async def take_boot_restarts(self) -> tuple[str, ...]:
+        """Containers a new supervisor found that their restart policy brings back at a (daemon
+        or host) start; handed out to one caller, who starts them (see :mod:`shim.restart`)."""
+        return tuple(str(id) for id in await self._ctl().request("boot_restarts"))
+
     async def shutdown_supervisor(self, *, force: bool = False) -> bool:
         """Ask the supervisor to exit: only when no container runs, unless ``force`` (then it
         stops them all first). Returns whether it is exiting."""
@@ -407,7 +498,12 @@ class LinuxRuntime:
         return bool(result["exiting"])
 
 
-async def _pump_stdin(stream: AttachStream, stdin: AsyncIterator[AttachInput]) -> None:
+async def _nothing() -> AsyncIterator[Output]:
+    return
+    yield  # an async generator that ends at once
+
+
+async def _pump_stdin(stream: AttachStream | ExecStream, stdin: AsyncIterator[AttachInput]) -> None:
     try:
         async for item in stdin:
             if item.data:

@@ -18,8 +18,8 @@ import redis.asyncio as aioredis
 import structlog
 
 from common.events import append_event
-from common.keys import Keys
-from shim.api import ContainerState, EventType, TaskEvent
+from common.keys import Keys, text
+from shim.api import ContainerState, EventType, ExecState, TaskEvent
 
 log = structlog.get_logger()
 
@@ -36,10 +36,29 @@ end
 return ''
 """
 
-_ACTIONS = {EventType.START: "start", EventType.EXIT: "die", EventType.OOM: "oom"}
+_ACTIONS = {EventType.START: "start", EventType.EXIT: "die", EventType.OOM: "oom", EventType.PAUSE: "pause",
+            EventType.RESUME: "unpause"}
+
+# Set an exec's ``state`` if its hash exists (a container removal may have dropped it).
+_SET_EXEC_STATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[1])
+if ARGV[2] ~= '' then
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+end
+return 1
+"""
+# An exec's record outlives its exit this long (moby forgets exited execs after 5-10 minutes).
+EXEC_RECORD_TTL = 600
 
 
 def state_json(state: ContainerState) -> str:
+    return json.dumps(asdict(state), separators=(",", ":"))
+
+
+def exec_state_json(state: ExecState) -> str:
     return json.dumps(asdict(state), separators=(",", ":"))
 
 
@@ -68,6 +87,7 @@ class RedisStateSink:
         self._redis = redis
         self._keys = keys
         self._set_state = redis.register_script(_SET_STATE)
+        self._set_exec_state = redis.register_script(_SET_EXEC_STATE)
 
     async def record(self, event: TaskEvent) -> None:
         if event.type is EventType.DELETE:
@@ -78,12 +98,63 @@ class RedisStateSink:
             log.debug("state_for_unknown_container", container=state.id[:12])
             return
         attributes = actor_attributes(config)
+        run = event.exec
+        if event.type in (EventType.EXEC_START, EventType.EXEC_EXIT) and run is not None:
+            await self._record_exec(event.type, run, attributes)
+            return
+        if event.type in (EventType.HEALTH_CHECK, EventType.HEALTH_STATUS):
+            await self._record_probe(event, attributes)
+            return
+        if event.type is EventType.UPDATE:
+            return  # a state change Docker reports no event for
         if event.type is EventType.EXIT:
             attributes["exitCode"] = str(state.exit_code)
             # A failed start ran nothing: its started_at is the previous run's, if any.
             if not state.error and state.started_at_ns and state.finished_at_ns >= state.started_at_ns:
                 attributes["execDuration"] = str((state.finished_at_ns - state.started_at_ns) // 1_000_000_000)
+            await self._forget_unstarted_execs(state.id)
         await append_event(self._redis, self._keys, "container", _ACTIONS[event.type], state.id, attributes)
+
+    async def _record_exec(self, type: EventType, run: ExecState, attributes: dict[str, str]) -> None:
+        exited = type is EventType.EXEC_EXIT
+        await self._set_exec_state(keys=[self._keys.exec(run.exec_id)],
+                                   args=[exec_state_json(run), str(EXEC_RECORD_TTL) if exited else ""])
+        if exited:
+            await self._redis.srem(self._keys.container_execs(run.container_id), run.exec_id)
+            await append_event(self._redis, self._keys, "container", "exec_die", run.container_id,
+                               {**attributes, "execID": run.exec_id, "exitCode": str(run.exit_code)})
+
+    async def _record_probe(self, event: TaskEvent, attributes: dict[str, str]) -> None:
+        """A health probe is an exec to Docker: exec_create, exec_start and exec_die events, then
+        ``health_status: <status>`` when the status changed."""
+        run, state = event.exec, event.state
+        if run is not None:
+            command = " ".join(run.args)
+            with_id = {**attributes, "execID": run.exec_id}
+            for action in (f"exec_create: {command}", f"exec_start: {command}"):
+                await append_event(self._redis, self._keys, "container", action, state.id, with_id)
+            await append_event(self._redis, self._keys, "container", "exec_die", state.id,
+                               {**with_id, "exitCode": str(run.exit_code)})
+        if event.type is EventType.HEALTH_STATUS and state.health is not None:
+            await append_event(self._redis, self._keys, "container", f"health_status: {state.health.status.value}",
+                               state.id, attributes)
+
+    async def _forget_unstarted_execs(self, container_id: str) -> None:
+        """moby unregisters a container's execs when it stops: the ones never started go."""
+        key = self._keys.container_execs(container_id)
+        ids = [text(i) for i in await self._redis.smembers(key)]
+        if not ids:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for exec_id in ids:
+                pipe.hexists(self._keys.exec(exec_id), "state")
+            started = await pipe.execute()
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            for exec_id, has_state in zip(ids, started, strict=True):
+                if not has_state:
+                    pipe.delete(self._keys.exec(exec_id))
+            await pipe.execute()
 
     async def sync(self, states: Sequence[ContainerState]) -> None:
         """Write the current state of every container (after a restart of the shim)."""

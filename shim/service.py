@@ -35,11 +35,13 @@ class TasksServicer(shim_pb2_grpc.TasksServicer):
         return pb.StartResponse(state=convert.state_to_proto(await self._runtime.start(request.id)))
 
     async def Kill(self, request: pb.KillRequest, context: grpc.aio.ServicerContext) -> pb.KillResponse:
-        await self._runtime.kill(request.id, request.signal or 15, request.all)
+        await self._runtime.kill(request.id, request.signal or 15, request.all, manual=request.manual,
+                                 cancel_restart=request.cancel_restart)
         return pb.KillResponse()
 
     async def Stop(self, request: pb.StopRequest, context: grpc.aio.ServicerContext) -> pb.StopResponse:
-        state = await self._runtime.stop(request.id, request.signal or 15, request.timeout)
+        state = await self._runtime.stop(request.id, request.signal or 15, request.timeout,
+                                         manual=not request.daemon_shutdown)
         return pb.StopResponse(state=convert.state_to_proto(state))
 
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
@@ -92,6 +94,53 @@ class TasksServicer(shim_pb2_grpc.TasksServicer):
                 yield convert.event_to_proto(event)
         finally:
             await _aclose(events)
+
+
+    async def Pause(self, request: pb.PauseRequest, context: grpc.aio.ServicerContext) -> pb.PauseResponse:
+        return pb.PauseResponse(state=convert.state_to_proto(await self._runtime.pause(request.id)))
+
+    async def Resume(self, request: pb.ResumeRequest, context: grpc.aio.ServicerContext) -> pb.ResumeResponse:
+        return pb.ResumeResponse(state=convert.state_to_proto(await self._runtime.resume(request.id)))
+
+    async def Update(self, request: pb.UpdateRequest, context: grpc.aio.ServicerContext) -> pb.UpdateResponse:
+        state = await self._runtime.update(request.id, convert.resources_from_proto(request.resources),
+                                           convert.restart_policy_from_proto(request.restart_policy))
+        return pb.UpdateResponse(state=convert.state_to_proto(state))
+
+    async def Stats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsResponse:
+        return pb.StatsResponse(stats=convert.stats_to_proto(await self._runtime.stats(request.id)))
+
+    async def Top(self, request: pb.TopRequest, context: grpc.aio.ServicerContext) -> pb.TopResponse:
+        return convert.top_to_proto(await self._runtime.top(request.id, request.ps_args))
+
+    async def Exec(self, request_iterator: AsyncIterator[pb.ExecRequest],
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExecResponse]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or not first.HasField("spec"):
+            raise InvalidArgument("exec: the first message must name the container and the process")
+        state, outputs = await self._runtime.exec(first.id, convert.exec_spec_from_proto(first.spec),
+                                                  _exec_stdin(request_iterator))
+        try:
+            yield pb.ExecResponse(started=convert.exec_state_to_proto(state))
+            async for output in outputs:
+                yield convert.exec_output_to_proto(output)
+        finally:
+            await _aclose(outputs)
+
+    async def ResizeExec(self, request: pb.ResizeExecRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ResizeExecResponse:
+        await self._runtime.resize_exec(request.id, request.exec_id, request.height, request.width)
+        return pb.ResizeExecResponse()
+
+    async def CheckUser(self, request: pb.CheckUserRequest,
+                        context: grpc.aio.ServicerContext) -> pb.CheckUserResponse:
+        await self._runtime.check_user(request.id, request.user)
+        return pb.CheckUserResponse()
+
+
+async def _exec_stdin(requests: AsyncIterator[pb.ExecRequest]) -> AsyncIterator[AttachInput]:
+    async for request in requests:
+        yield convert.exec_input_from_proto(request)
 
 
 async def _stdin(requests: AsyncIterator[pb.AttachRequest]) -> AsyncIterator[AttachInput]:

@@ -159,6 +159,12 @@ def _decode(tp: Any, data: Any) -> Any:
             return dict(data)
         return {k: _decode(args[1], v) for k, v in data.items()}
     if origin is typing.Union or origin is types.UnionType:
+        # ``X | None``: a dataclass member is built, anything else is passed through.
+        if data is None:
+            return None
+        for arg in typing.get_args(tp):
+            if dataclasses.is_dataclass(arg) and isinstance(data, Mapping):
+                return _decode(arg, data)
         return data
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return tp(data)

@@ -7,6 +7,10 @@ cancel the rest, drop the heartbeat, close Redis, remove the socket, exit 0.
 
 Readiness is the socket answering gRPC (``channel.channel_ready()``).
 
+Before anything else (before any thread exists) the process takes a mount namespace of its own,
+with the host's mounts as slaves: snapshots it mounts for file operations (``docker cp`` of a
+stopped container, ``docker export``, COPY) are never visible on the host and vanish with it.
+
 Registry settings are dockerd's: ``--insecure-registry`` (repeatable; loopback is always
 insecure), ``--registry-certs-dir`` (``<dir>/<host:port>/{*.crt, client.cert, client.key}``),
 ``--max-concurrent-downloads`` and ``--max-concurrent-uploads``.
@@ -23,6 +27,7 @@ import secrets
 import signal
 import stat
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +38,7 @@ import grpc
 import redis.asyncio as aioredis
 import structlog
 
-from common import logs, nodes
+from common import linux, logs, nodes
 from common.keys import Keys
 from protos.errors import InvalidArgument
 from protos.rpc import SERVER_OPTIONS
@@ -284,9 +289,28 @@ async def _serve(config: Config) -> None:
                 listener.socket.unlink()
 
 
+def private_mount_namespace() -> bool:
+    """Give this process a mount namespace of its own, with the host's mounts as slaves: the
+    snapshots it mounts for file operations (``docker cp``, export, COPY) are invisible to the
+    host and vanish with the process, while mounts the host makes later still reach it. Must
+    run before any thread exists (``unshare(CLONE_NEWNS)`` implies ``CLONE_FS``, which a
+    multi-threaded process cannot unshare)."""
+    if threading.active_count() != 1 or len(os.listdir("/proc/self/task")) != 1:
+        log.warning("mount_namespace_not_private", reason="threads are running")
+        return False
+    try:
+        linux.unshare(linux.CLONE_NEWNS)
+        linux.mount(None, "/", None, linux.MS_REC | linux.MS_SLAVE)
+    except OSError as exc:
+        log.warning("mount_namespace_not_private", error=str(exc))
+        return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_args(argv)
     logs.configure(config.log_level, process="snapshotter")
+    private_mount_namespace()
     try:
         asyncio.run(serve(config))
     except Exception as exc:

@@ -45,7 +45,7 @@ from typing import Protocol
 
 from common.mounts import Mount
 
-__all__ = ["MAX_DEPTH", "BlobInfo", "Change", "ChangeKind", "CommitResult", "ContentStore", "ExportImage",
+__all__ = ["MAX_DEPTH", "BlobInfo", "Change", "ChangeKind", "ChangeList", "CommitResult", "ContentStore", "ExportImage",
            "ImageRecord", "Images", "Info", "Kind", "LayerRef", "Mount", "PathStat", "Progress", "PullResult",
            "PushResult", "RegistryAuth", "Snapshotter", "Usage"]
 
@@ -194,9 +194,12 @@ class Snapshotter(Protocol):
         ...
 
     async def changes(self, key: str) -> ChangeList:
-        """What ``docker diff`` shows for active snapshot ``key`` against its parent, sorted by
-        path: added, modified (including metadata-only changes) and deleted (whiteouts and
-        opaque directories) entries."""
+        """What ``docker diff`` shows for active snapshot ``key`` against its parent, in moby's
+        order (a walk with the names of each directory sorted, a directory before its contents):
+        added, modified (including metadata-only changes) and deleted (whiteouts and opaque
+        directories) entries; the parent of an added or deleted entry counts as modified.
+        Read from the upper directory without mounting; O(entries of the layer).
+        ``FailedPrecondition`` for a view or committed snapshot, ``NotFound`` if absent."""
         ...
 
 
@@ -309,27 +312,43 @@ class Images(Protocol):
 
     async def commit_layer(self, key: str, *, consume: bool = False) -> CommitResult:
         """Turn the changes of active snapshot ``key`` into a layer: a tar with OCI whiteouts
-        stored in the content store (gzip for registries is the pusher's business) and a committed
-        snapshot named by the new chain id. With ``consume`` the active snapshot itself becomes that
-        committed snapshot (a build's RUN container is done with it); without, it stays usable (docker
-        commit of a running container)."""
+        (uncompressed, ``application/vnd.oci.image.layer.v1.tar``, so diff id = digest; gzip for
+        registries is the pusher's business) stored in the content store, and a committed snapshot
+        named by the new chain id that behaves exactly like one unpacked from that tar. With
+        ``consume`` the active snapshot itself becomes that committed snapshot (a build's RUN
+        container is done with it; the key disappears, also when the layer is empty or its chain
+        exists already); without, it stays usable (``docker commit`` of a running container) and
+        the layer is unpacked from the stored tar. ``FailedPrecondition`` if ``key`` is not active.
+        Costs one walk of the upper directory (two with ``consume``), one unpack without."""
         ...
 
     async def apply_tar(self, key: str, chunks: AsyncIterator[bytes], dest: str = "/", *,
-                        no_overwrite_dir_non_dir: bool = False) -> None:
-        """Extract a tar onto the mounted filesystem of active snapshot ``key`` under ``dest``, with
-        every path resolved inside that filesystem (symlinks cannot lead out), as COPY/ADD and
-        ``docker cp`` into a stopped container need. Ownership and modes are taken from the tar."""
+                        no_overwrite_dir_non_dir: bool = False, owner: tuple[int, int] | None = None) -> None:
+        """Extract a tar (plain, gzip, bzip2 or xz: decompressed here) onto the mounted filesystem
+        of active snapshot ``key`` into directory ``dest``, with every path resolved inside that
+        filesystem (symlinks cannot lead out; ``dest`` itself is followed), as COPY/ADD and
+        ``docker cp`` into a stopped container need. ``.wh.`` names are plain files here. Modes
+        and times come from the tar, owners too unless ``owner`` (uid, gid) replaces them
+        (``docker cp -a``). Errors in moby's words: ``NotFound`` (``lstat /x: no such file or
+        directory``) for a missing ``dest``, ``InvalidArgument`` ``extraction point is not a
+        directory``; with ``no_overwrite_dir_non_dir`` replacing a directory by a non-directory
+        (or the reverse) fails. ``FailedPrecondition`` for a view or committed snapshot."""
         ...
 
     async def stat_path(self, key: str, path: str) -> PathStat:
-        """Stat ``path`` inside the mounted filesystem of snapshot ``key`` (resolved inside it)."""
+        """Stat ``path`` inside the mounted filesystem of snapshot ``key`` (active or view), as
+        moby's ``containerStatPath``: the last component is not followed unless ``path`` ends in
+        ``/``; a symlink's ``link_target`` is its target fully resolved inside the filesystem.
+        ``NotFound`` (``lstat /x: no such file or directory``) if it does not exist."""
         ...
 
     def read_tar(self, key: str, path: str) -> AsyncIterator[bytes]:
-        """A tar of ``path`` (file or directory, named by its base name) from the mounted
-        filesystem of snapshot ``key``: ``docker cp`` out of a stopped container, and with
-        ``path="/"`` the whole filesystem for ``docker export``."""
+        """A tar of ``path`` (file or directory, named by its base name; the last component is
+        not followed unless ``path`` ends in ``/``) from the mounted filesystem of snapshot
+        ``key``: ``docker cp`` out of a stopped container; with ``path="/"`` the whole filesystem
+        named relative to it, for ``docker export``. Numeric owners, second-precision mtimes,
+        file capabilities, hard links; sockets are skipped. ``NotFound`` at the first step if
+        ``path`` does not exist."""
         ...
 
     async def import_rootfs(self, chunks: AsyncIterator[bytes], config: bytes) -> ImageRecord:

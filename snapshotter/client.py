@@ -21,12 +21,15 @@ from protos.snapshotter.v1 import snapshotter_pb2_grpc as pb_grpc
 from snapshotter import convert
 from snapshotter.api import (
     BlobInfo,
+    ChangeList,
+    CommitResult,
     ContentStore,
     ExportImage,
     ImageRecord,
     Images,
     Info,
     LayerRef,
+    PathStat,
     Progress,
     PullResult,
     PushResult,
@@ -129,6 +132,12 @@ class RemoteSnapshotter:
         response = await _unary(self._stub.Cleanup(pb.CleanupRequest()))
         return int(response.removed)
 
+    async def changes(self, key: str) -> ChangeList:
+        out: ChangeList = []
+        async for response in _server_stream(self._stub.Changes(pb.ChangesRequest(key=key))):
+            out.extend(convert.change_from_proto(c) for c in response.changes)
+        return out
+
 
 class RemoteContentStore:
     def __init__(self, channel: grpc.aio.Channel, *, timeout: float | None = None) -> None:
@@ -211,6 +220,30 @@ class RemoteImages:
 
         response = await _client_stream(self._stub.ImportRootfs, messages())
         return convert.image_record_from_proto(response.image)
+
+    async def commit_layer(self, key: str, *, consume: bool = False) -> CommitResult:
+        # No deadline: the layer is written and unpacked on the other side.
+        response = await _unary(self._stub.CommitLayer(pb.CommitLayerRequest(key=key, consume=consume)))
+        return convert.commit_result_from_proto(response)
+
+    async def apply_tar(self, key: str, chunks: AsyncIterator[bytes], dest: str = "/", *,
+                        no_overwrite_dir_non_dir: bool = False, owner: tuple[int, int] | None = None) -> None:
+        async def messages() -> AsyncIterator[pb.ApplyTarRequest]:
+            yield convert.apply_tar_header(key, dest, no_overwrite_dir_non_dir=no_overwrite_dir_non_dir, owner=owner)
+            async for chunk in rechunk(chunks):
+                yield pb.ApplyTarRequest(data=chunk)
+
+        await _client_stream(self._stub.ApplyTar, messages())
+
+    async def stat_path(self, key: str, path: str) -> PathStat:
+        response = await _unary(self._stub.StatPath(pb.StatPathRequest(key=key, path=path)))
+        return convert.path_stat_from_proto(response.stat)
+
+    async def read_tar(self, key: str, path: str) -> AsyncIterator[bytes]:
+        request = pb.ReadTarRequest(key=key, path=path)
+        async with contextlib.aclosing(_server_stream(self._stub.ReadTar(request))) as messages:
+            async for message in messages:
+                yield message.data
 
 
 if TYPE_CHECKING:

@@ -13,11 +13,15 @@ from protos.errors import Internal
 from protos.snapshotter.v1 import snapshotter_pb2 as pb
 from snapshotter.api import (
     BlobInfo,
+    Change,
+    ChangeKind,
+    CommitResult,
     ExportImage,
     ImageRecord,
     Info,
     Kind,
     LayerRef,
+    PathStat,
     Progress,
     PullResult,
     PushResult,
@@ -160,3 +164,46 @@ def push_event_from_proto(message: pb.PushResponse) -> Progress | PushResult:
     if kind == "result":
         return PushResult(digest=message.result.digest, size=message.result.size)
     raise Internal("push message without an event")
+
+
+def change_to_proto(change: Change) -> pb.Change:
+    return pb.Change(path=change.path, kind=int(change.kind))
+
+
+def change_from_proto(change: pb.Change) -> Change:
+    try:
+        kind = ChangeKind(change.kind)
+    except ValueError:
+        raise Internal(f"change of unknown kind {change.kind}") from None
+    return Change(path=change.path, kind=kind)
+
+
+def commit_result_to_proto(result: CommitResult) -> pb.CommitLayerResponse:
+    if result.layer is None:
+        return pb.CommitLayerResponse(chain_id=result.chain_id)
+    return pb.CommitLayerResponse(layer=layer_to_proto(result.layer), chain_id=result.chain_id)
+
+
+def commit_result_from_proto(message: pb.CommitLayerResponse) -> CommitResult:
+    layer = layer_from_proto(message.layer) if message.HasField("layer") else None
+    return CommitResult(layer=layer, chain_id=message.chain_id)
+
+
+def path_stat_to_proto(st: PathStat) -> pb.PathStat:
+    return pb.PathStat(name=st.name, size=st.size, mode=st.mode, mtime=st.mtime, link_target=st.link_target)
+
+
+def path_stat_from_proto(st: pb.PathStat) -> PathStat:
+    return PathStat(name=st.name, size=st.size, mode=st.mode, mtime=st.mtime, link_target=st.link_target)
+
+
+def apply_tar_header(key: str, dest: str, *, no_overwrite_dir_non_dir: bool,
+                     owner: tuple[int, int] | None) -> pb.ApplyTarRequest:
+    """The first message of an ApplyTar call (the options; data follows)."""
+    uid, gid = owner if owner is not None else (0, 0)
+    return pb.ApplyTarRequest(key=key, dest=dest, no_overwrite_dir_non_dir=no_overwrite_dir_non_dir,
+                              chown=owner is not None, uid=uid, gid=gid)
+
+
+def apply_tar_owner(first: pb.ApplyTarRequest) -> tuple[int, int] | None:
+    return (first.uid, first.gid) if first.chown else None

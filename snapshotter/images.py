@@ -47,17 +47,23 @@ from typing import Any
 
 import structlog
 
+from common import fstree
 from protos.errors import (
     BlobNotFound,
     DigestMismatch,
+    FailedPrecondition,
     InvalidArgument,
 )
+from snapshotter import diff, files
 from snapshotter.api import (
     BlobInfo,
+    CommitResult,
     ContentStore,
     ExportImage,
     ImageRecord,
+    Kind,
     LayerRef,
+    PathStat,
     Progress,
     PullResult,
     PushResult,
@@ -67,8 +73,25 @@ from snapshotter.api import (
 from snapshotter.archive import GZIP_MAGIC, ZSTD_MAGIC, LayerReader, iter_members
 from snapshotter.content import IngestingStore, check_digest
 from snapshotter.distribution import Distribution, RegistryOptions
-from snapshotter.streams import CHUNK, ThreadReader, file_chunks, iterate_bytes, run_blocking, uncancellable
-from snapshotter.unpack import Lease, Unpacker, aclose, chain_ids, sha256_digest
+from snapshotter.streams import (
+    CHUNK,
+    ThreadReader,
+    file_chunks,
+    iterate_bytes,
+    run_blocking,
+    thread_output,
+    uncancellable,
+)
+from snapshotter.unpack import (
+    LABEL_SNAPSHOT_REF,
+    LABEL_UNCOMPRESSED,
+    Lease,
+    Unpacker,
+    aclose,
+    chain_ids,
+    sha256_digest,
+    upper_dir,
+)
 
 MAX_JSON = 20 << 20  # containerd's importer limit for manifests, indexes and configs
 MAX_MEMBERS = 100_000
@@ -421,10 +444,13 @@ class LocalImages:
     closes the registry connections (made on first use, in the loop that uses them)."""
 
     def __init__(self, *, snapshotter: Snapshotter, content: IngestingStore, spool_dir: Path,
-                 allow_device_nodes: bool = False, registry: RegistryOptions | None = None) -> None:
+                 allow_device_nodes: bool = False, registry: RegistryOptions | None = None,
+                 mount_dir: Path | None = None) -> None:
         self._snapshotter = snapshotter
         self._content = content
         self._spool_dir = Path(spool_dir)
+        # Snapshots are mounted here for file operations (see snapshotter.files).
+        self._mounts = files.MountDir(Path(mount_dir) if mount_dir else self._spool_dir.parent / "mnt")
         self._unpacker = Unpacker(snapshotter=snapshotter, content=content, allow_devices=allow_device_nodes)
         self._distribution = Distribution(unpacker=self._unpacker, content=content,
                                           options=registry or RegistryOptions())
@@ -497,13 +523,72 @@ class LocalImages:
                            size=size)
 
     async def cleanup(self) -> None:
-        """Delete spool directories a crash left behind (call before serving)."""
+        """Delete spool and mount directories a crash left behind (call before serving)."""
         def sweep() -> None:
             self._spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             for entry in os.listdir(self._spool_dir):
                 shutil.rmtree(self._spool_dir / entry, ignore_errors=True)
+            self._mounts.cleanup()
 
         await asyncio.to_thread(sweep)
+
+    # layers of containers and builds, files inside snapshots
+    async def commit_layer(self, key: str, *, consume: bool = False) -> CommitResult:
+        info = await self._snapshotter.stat(key)
+        if info.kind is not Kind.ACTIVE:
+            raise FailedPrecondition(f"snapshot {key} is not active ({info.kind})")
+        upper, lowers = upper_dir(await self._snapshotter.mounts(key))
+        parent = info.parent
+        # Mount points the runtime made (/etc/hosts…) are not the container's changes.
+        skip = frozenset(await run_blocking(lambda: diff.runtime_artifacts(upper, lowers)))
+        if consume and skip:
+            await run_blocking(lambda: diff.remove_paths(upper, set(skip)))
+            skip = frozenset()
+        if await asyncio.to_thread(diff.is_empty, upper, skip):
+            if consume:
+                await uncancellable(self._snapshotter.remove(key))
+            return CommitResult(layer=None, chain_id=parent)
+        if consume:
+            # The upper directory becomes the layer: first make it exactly what the tar unpacks to.
+            await run_blocking(lambda: diff.normalize_upper(upper))
+
+        def produce(write: fstree.Sink) -> None:
+            fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                fstree.write_tree(fd, "", "", write, layer=True, skip=skip)
+            finally:
+                os.close(fd)
+
+        with self._unpacker.leases.hold(set()) as lease:
+            blob = await self._content.write(thread_output(produce))
+            diff_id = blob.digest
+            chain = sha256_digest(f"{parent} {diff_id}".encode()) if parent else diff_id
+            self._unpacker.leases.extend(lease, {diff_id, chain})
+            layer = LayerRef(digest=diff_id, diff_id=diff_id, media_type=MT_OCI_LAYER, size=blob.size)
+            labels = {LABEL_SNAPSHOT_REF: chain, LABEL_UNCOMPRESSED: diff_id}
+            async with self._unpacker.chain_locks.hold(chain):
+                if await self._unpacker.is_committed(chain):
+                    if consume:  # the same change set was committed before: keep that one
+                        await uncancellable(self._snapshotter.remove(key))
+                elif consume:
+                    await uncancellable(self._snapshotter.commit(chain, key))
+                    await self._snapshotter.update(chain, labels)
+                else:
+                    await self._unpacker.unpack_layer(layer, 0, chain, parent, trusted=True)
+        self._log.info("layer_committed", key=key, chain=chain, diff_id=diff_id, size=blob.size, consumed=consume)
+        return CommitResult(layer=layer, chain_id=chain)
+
+    async def apply_tar(self, key: str, chunks: AsyncIterator[bytes], dest: str = "/", *,
+                        no_overwrite_dir_non_dir: bool = False, owner: tuple[int, int] | None = None) -> None:
+        await files.apply_tar(self._mounts, self._snapshotter, key, chunks, dest,
+                              no_overwrite_dir_non_dir=no_overwrite_dir_non_dir, owner=owner)
+
+    async def stat_path(self, key: str, path: str) -> PathStat:
+        return await files.stat_path(self._mounts, self._snapshotter, key, path)
+
+    async def read_tar(self, key: str, path: str) -> AsyncIterator[bytes]:
+        async for chunk in files.read_tar(self._mounts, self._snapshotter, key, path):
+            yield chunk
 
     # import
     async def import_archive(self, chunks: AsyncIterator[bytes]) -> list[ImageRecord]:

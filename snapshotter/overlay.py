@@ -34,7 +34,8 @@ import structlog
 from common.keys import Keys
 from common.mounts import Mount
 from protos.errors import AlreadyExists, FailedPrecondition, InvalidArgument, SnapshotNotFound
-from snapshotter.api import Info, Kind, Usage
+from snapshotter import diff
+from snapshotter.api import Change, Info, Kind, Usage
 from snapshotter.metadata import MetaStore, SnapshotRecord, labels_json, validate_key
 from snapshotter.streams import uncancellable
 
@@ -257,6 +258,12 @@ class OverlaySnapshotter:
         if rec.kind is Kind.COMMITTED:
             return Usage(size=rec.size, inodes=rec.inodes)
         return await asyncio.to_thread(disk_usage, self._fs(rec.id))
+
+    async def changes(self, key: str) -> builtins.list[Change]:
+        rec = await self._meta.get(key)
+        if rec.kind is not Kind.ACTIVE:
+            raise FailedPrecondition(f"snapshot {key} is not active ({rec.kind}): it has no changes of its own")
+        return await asyncio.to_thread(diff.changes, self._fs(rec.id), [self._fs(i) for i in rec.chain])
 
     async def cleanup(self) -> int:
         # Order matters: list directories, then copy the in-flight set, then read the records.

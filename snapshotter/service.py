@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import grpc
 
+from protos.errors import InvalidArgument
 from protos.rpc import maps_errors
 from protos.snapshotter.v1 import snapshotter_pb2 as pb
 from protos.snapshotter.v1 import snapshotter_pb2_grpc as pb_grpc
@@ -21,6 +22,7 @@ from snapshotter.api import ContentStore, Images, Snapshotter
 from snapshotter.streams import rechunk
 
 LIST_BATCH = 100
+CHANGES_BATCH = 5000
 T = TypeVar("T")
 
 
@@ -71,6 +73,13 @@ class SnapshotsServicer(pb_grpc.SnapshotsServicer):
 
     async def Cleanup(self, request: pb.CleanupRequest, context: grpc.aio.ServicerContext) -> pb.CleanupResponse:
         return pb.CleanupResponse(removed=await self._s.cleanup())
+
+    async def Changes(self, request: pb.ChangesRequest,
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ChangesResponse]:
+        changes = await self._s.changes(request.key)
+        for start in range(0, len(changes), CHANGES_BATCH):
+            yield pb.ChangesResponse(changes=[convert.change_to_proto(c)
+                                              for c in changes[start:start + CHANGES_BATCH]])
 
 
 async def _write_chunks(first: pb.WriteContentRequest | None,
@@ -147,6 +156,15 @@ async def _rootfs_chunks(first: pb.ImportRootfsRequest | None,
             yield request.data
 
 
+async def _apply_chunks(first: pb.ApplyTarRequest,
+                        rest: AsyncIterator[pb.ApplyTarRequest]) -> AsyncIterator[bytes]:
+    if first.data:
+        yield first.data
+    async for request in rest:
+        if request.data:
+            yield request.data
+
+
 @maps_errors
 class ImagesServicer(pb_grpc.ImagesServicer):
     def __init__(self, images: Images) -> None:
@@ -189,6 +207,30 @@ class ImagesServicer(pb_grpc.ImagesServicer):
         config = first.config if first is not None else b""
         record = await self._i.import_rootfs(_rootfs_chunks(first, stream), config)
         return pb.ImportRootfsResponse(image=convert.image_record_to_proto(record))
+
+    async def CommitLayer(self, request: pb.CommitLayerRequest,
+                          context: grpc.aio.ServicerContext) -> pb.CommitLayerResponse:
+        return convert.commit_result_to_proto(await self._i.commit_layer(request.key, consume=request.consume))
+
+    async def ApplyTar(self, request_iterator: AsyncIterator[pb.ApplyTarRequest],
+                       context: grpc.aio.ServicerContext) -> pb.ApplyTarResponse:
+        stream = aiter(request_iterator)
+        first = await anext(stream, None)
+        if first is None:
+            raise InvalidArgument("apply tar: the first message must name the snapshot")
+        await self._i.apply_tar(first.key, _apply_chunks(first, stream), first.dest,
+                                no_overwrite_dir_non_dir=first.no_overwrite_dir_non_dir,
+                                owner=convert.apply_tar_owner(first))
+        return pb.ApplyTarResponse()
+
+    async def StatPath(self, request: pb.StatPathRequest, context: grpc.aio.ServicerContext) -> pb.StatPathResponse:
+        return pb.StatPathResponse(stat=convert.path_stat_to_proto(await self._i.stat_path(request.key, request.path)))
+
+    async def ReadTar(self, request: pb.ReadTarRequest,
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ReadTarResponse]:
+        async with _closing(rechunk(self._i.read_tar(request.key, request.path))) as chunks:
+            async for chunk in chunks:
+                yield pb.ReadTarResponse(data=chunk)
 
 
 def add_servicers(server: grpc.aio.Server, *, snapshotter: Snapshotter, content: ContentStore,

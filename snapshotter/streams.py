@@ -15,6 +15,7 @@ import concurrent.futures
 import contextlib
 import functools
 import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -86,6 +87,54 @@ class ThreadReader:
         out = self._buf[self._pos:self._pos + n]
         self._pos += len(out)
         return out
+
+
+class _End:
+    def __init__(self, error: BaseException | None) -> None:
+        self.error = error
+
+
+async def thread_output(produce: Callable[[Callable[[bytes], None]], object], *,
+                        depth: int = 4) -> AsyncIterator[bytes]:
+    """The bytes a blocking ``produce(write)`` writes, from a worker thread, as an async
+    iterator. At most ``depth`` chunks wait unread (the thread blocks on ``write``); when the
+    consumer stops early, the thread's next ``write`` fails with :class:`Aborted` and the
+    iterator waits for the thread to end before it finishes (no thread outlives a mount)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes | _End] = asyncio.Queue()
+    room = threading.Semaphore(depth)
+    aborted = False
+
+    def write(data: bytes) -> None:
+        room.acquire()
+        if aborted:
+            raise Aborted("operation cancelled")
+        loop.call_soon_threadsafe(queue.put_nowait, data)
+
+    def work() -> None:
+        try:
+            produce(write)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(queue.put_nowait, _End(exc))
+        else:
+            loop.call_soon_threadsafe(queue.put_nowait, _End(None))
+
+    task = _keep(asyncio.ensure_future(asyncio.to_thread(work)))
+    try:
+        while True:
+            item = await queue.get()
+            if isinstance(item, _End):
+                if item.error is not None:
+                    raise item.error
+                return
+            room.release()
+            yield item
+    finally:
+        aborted = True
+        for _ in range(depth + 1):
+            room.release()
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(task)
 
 
 # Strong references to work that must finish after its caller was cancelled (the event loop

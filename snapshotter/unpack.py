@@ -162,9 +162,10 @@ class Unpacker:
         return parent
 
     async def unpack_layer(self, layer: LayerRef, index: int, chain: str, parent: str,
-                           source: AsyncIterator[bytes] | None = None) -> ApplyResult:
+                           source: AsyncIterator[bytes] | None = None, *, trusted: bool = False) -> ApplyResult:
         """Extract one layer (from ``source``, else its stored blob) and commit it as ``chain``.
-        The caller holds the chain's lock and has checked that it is not committed."""
+        The caller holds the chain's lock and has checked that it is not committed. ``trusted``:
+        the tar is one this host wrote from a container's own changes (device nodes allowed)."""
         key = f"extract-{secrets.token_hex(8)} {chain}"
         blob = source if source is not None else self.content.read(layer.digest)
         try:
@@ -172,7 +173,7 @@ class Unpacker:
                 # A cancel mid-prepare must not orphan the key: finish, then remove it below.
                 mounts = await uncancellable(self.snapshotter.prepare(
                     key, parent, labels={LABEL_SNAPSHOT_REF: chain, LABEL_UNCOMPRESSED: layer.diff_id}))
-                result = await self._apply(blob, mounts)
+                result = await self._apply(blob, mounts, allow_devices=trusted or self.allow_devices)
                 if result.diff_id != layer.diff_id:
                     raise DigestMismatch(f"invalid diffID for layer {index}: expected {json.dumps(layer.diff_id)}, "
                                          f"got {json.dumps(result.diff_id)}")
@@ -215,11 +216,14 @@ class Unpacker:
             await aclose(source)
         return result
 
-    async def _apply(self, blob: AsyncIterator[bytes], mounts: Sequence[Mount]) -> ApplyResult:
+    async def _apply(self, blob: AsyncIterator[bytes], mounts: Sequence[Mount], *,
+                     allow_devices: bool | None = None) -> ApplyResult:
         upper, lowers = upper_dir(mounts)
         reader = ThreadReader(blob, asyncio.get_running_loop())
         return await run_blocking(
-            lambda: apply_layer(reader, upper, lowers=lowers, allow_devices=self.allow_devices), abort=reader.abort)
+            lambda: apply_layer(reader, upper, lowers=lowers,
+                                allow_devices=self.allow_devices if allow_devices is None else allow_devices),
+            abort=reader.abort)
 
     async def size(self, chains: Sequence[str]) -> int:
         """Unpacked bytes of the chains' own layers, summed."""

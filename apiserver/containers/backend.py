@@ -12,7 +12,7 @@ import secrets
 import signal as signal_module
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -29,6 +29,7 @@ from apiserver.httputil import Filters
 from apiserver.images.store import ImageStore
 from apiserver.networks.backend import NetworkBackend
 from apiserver.nodes import HostServices, NodeDirectory
+from apiserver.volumes.backend import VolumeBackend
 from common.events import append_event
 from common.keys import Keys, text
 from protos.errors import (
@@ -61,7 +62,9 @@ class WaitResult:
 
 class ContainerBackend:
     def __init__(self, *, redis: aioredis.Redis, keys: Keys, store: ContainerStore, images: ImageStore,
-                 nodes: NodeDirectory, bus: EventBus, networks: NetworkBackend | None = None) -> None:
+                 nodes: NodeDirectory, bus: EventBus, networks: NetworkBackend | None = None,
+                 volumes: VolumeBackend | None = None) -> None:
+        self._volumes = volumes
         self._redis = redis
         self._keys = keys
         self.store = store
@@ -91,6 +94,9 @@ class ContainerBackend:
         image = await self._images.resolve(image_ref)
         plan = create_mod.plan(body, image, image_ref)
         container_id = secrets.token_hex(32)
+        # Mounts are checked before anything exists (Docker's errors, nothing changed).
+        mount_plan = await self._volumes.plan(plan.host_config, plan.config.get("Volumes")) \
+            if self._volumes is not None else None
         if not plan.config["Hostname"]:
             plan.config["Hostname"] = container_id[:12]
         if name:
@@ -103,7 +109,10 @@ class ContainerBackend:
             load: Counter[str] = Counter()
             if len(image.nodes) > 1:
                 load = Counter(r.node for r in await self.store.all())
-            node = await self._nodes.place(candidates=image.nodes, load=load)
+            candidates = image.nodes
+            if mount_plan is not None and mount_plan.nodes is not None:  # volumes pin it to their node
+                candidates = candidates & mount_plan.nodes
+            node = await self._nodes.place(candidates=candidates, load=load)
             config: dict[str, Any] = {
                 "Id": container_id,
                 "Created": views.rfc3339_nano(created_ns),
@@ -131,11 +140,24 @@ class ContainerBackend:
                                                   {"berth.container": container_id})
             try:
                 spec = create_mod.container_spec(container_id, config, mounts)
+                if self._volumes is not None and mount_plan is not None:
+                    user_mounts = await self._volumes.attach(record, mount_plan, host,
+                                                             self._file_in_image(host, container_id))
+                    spec = replace(spec, mounts=user_mounts)
+                    await self.store.save_config(record)
                 await host.runtime.create(replace(spec, networking=networking))
+                if any(m.copy_up for m in spec.mounts):
+                    try:  # the image's content into the new volumes, as moby's populateVolumes
+                        await host.files.populate(container_id)
+                    except BaseException:
+                        await _ignore_missing(host.runtime.delete(container_id, force=True))
+                        raise
             except BaseException:
                 await _ignore_missing(host.snapshots.remove(container_id))
                 raise
         except BaseException:
+            if self._volumes is not None:
+                await self._volumes.release(record, remove_anonymous=True)
             if self._networks is not None:
                 await self._networks.detach_container(record)
             await self.store.delete(record)
@@ -144,6 +166,20 @@ class ContainerBackend:
         if self._networks is not None:
             await self._networks.connected(record)
         return container_id, plan.warnings
+
+    @staticmethod
+    def _file_in_image(host: HostServices, container_id: str) -> Callable[[str], Awaitable[bool]]:
+        """Whether the container's rootfs has a non-directory at a path (symlinks followed)."""
+        async def check(path: str) -> bool:
+            try:
+                st = await host.images.stat_path(container_id, path)
+                if st.link_target:
+                    st = await host.images.stat_path(container_id, st.link_target)
+            except NotFound:
+                return False
+            return not st.mode & (1 << 31)  # Go's os.ModeDir
+
+        return check
 
     async def _unique_name(self, container_id: str) -> str:
         for attempt in range(10):
@@ -168,12 +204,14 @@ class ContainerBackend:
             raise FailedPrecondition(
                 f'cannot remove container "/{record.name}": container is running: stop the container '
                 "before removing or force remove")
-        await self._remove_record(record, force=force)
+        await self._remove_record(record, force=force, volumes=volumes)
 
-    async def _remove_record(self, record: ContainerRecord, *, force: bool) -> None:
+    async def _remove_record(self, record: ContainerRecord, *, force: bool, volumes: bool = False) -> None:
         host = await self._host(record)
         await _ignore_missing(host.runtime.delete(record.id, force=force))
         await _ignore_missing(host.snapshots.remove(record.id))
+        if self._volumes is not None:  # `rm -v` and --rm also remove the anonymous volumes
+            await self._volumes.release(record, remove_anonymous=volumes)
         if self._networks is not None:
             await self._networks.detach_container(record)
         await self.store.delete(record)
@@ -265,6 +303,10 @@ class ContainerBackend:
                 return False
             if "health" in filters and _health_status(r) not in filters["health"]:
                 return False
+            if "volume" in filters and not any(  # a volume's name or a mount's destination
+                    m.get("Name") in filters["volume"] or m.get("Destination") in filters["volume"]
+                    for m in r.config.get("MountPoints") or []):
+                return False
             if any(v in ("true", "1") for v in filters.get("is-task", [])):
                 return False
             return True
@@ -284,7 +326,7 @@ class ContainerBackend:
             # for that removal before it reports the error.
             if record.config["HostConfig"].get("AutoRemove") and await self.store.claim_autoremove(record.id):
                 try:
-                    await self._remove_record(await self.store.get(record.id), force=True)
+                    await self._remove_record(await self.store.get(record.id), force=True, volumes=True)
                 except BerthError as exc:
                     log.warning("auto_remove_failed", container=record.id, error=str(exc))
             raise
@@ -345,7 +387,7 @@ class ContainerBackend:
 
     async def _wait(self, record: ContainerRecord, condition: str) -> AsyncGenerator[WaitResult, None]:
         wanted = {"destroy"} if condition == "removed" else {"die"}
-        track = {"die", "destroy"}
+        track = {"die", "destroy", "stop"}  # stop: a restart policy's pending restart cancelled
 
         def mine(e: Event) -> bool:
             return e.type == "container" and e.actor_id == record.id and e.action in track
@@ -374,10 +416,10 @@ class ContainerBackend:
                 if event.action in wanted:
                     yield WaitResult(exit_code)
                     return
-                if condition == "not-running" and event.action == "die":
+                if condition == "not-running" and event.action in ("die", "stop"):
                     now = await self._current(record.id)
                     if now is None or not now.running:
-                        yield WaitResult(exit_code)
+                        yield WaitResult(int(now.state.get("exit_code", exit_code)) if now else exit_code)
                         return
 
     async def _current(self, id: str) -> ContainerRecord | None:
@@ -440,7 +482,7 @@ class ContainerBackend:
         if not await self.store.claim_autoremove(id):
             return
         try:
-            await self._remove_record(record, force=True)
+            await self._remove_record(record, force=True, volumes=True)
         except (BerthError, OSError) as exc:
             log.warning("auto_remove_failed", container=id, error=str(exc))
 

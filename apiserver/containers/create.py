@@ -21,9 +21,9 @@ from shim.api import ContainerSpec, NamespaceMode, ProcessSpec
 _NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 
 # HostConfig keys that later issues implement; a non-empty value is refused until then.
-_NOT_YET = ("Binds", "Mounts", "Tmpfs", "VolumesFrom", "Links", "Devices", "DeviceRequests",
+_NOT_YET = ("Links", "Devices", "DeviceRequests",
             "CgroupParent", "BlkioWeight",
-            "BlkioWeightDevice", "BlkioDeviceReadBps", "BlkioDeviceWriteBps", "VolumeDriver",
+            "BlkioWeightDevice", "BlkioDeviceReadBps", "BlkioDeviceWriteBps",
             "StorageOpt", "Runtime", "MaskedPaths", "ReadonlyPaths", "DeviceCgroupRules",
             "CgroupnsMode", "OomScoreAdj", "KernelMemory", "MemorySwappiness")
 

@@ -173,6 +173,7 @@ class ContainerStore:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(self._keys.container(record.id))
             pipe.delete(self._keys.autoremove_claim(record.id))
+            pipe.delete(self._keys.container_execs(record.id))
             pipe.zrem(self._keys.containers, record.id)
             pipe.zrem(self._keys.containers_lex, record.id)
             await pipe.execute()

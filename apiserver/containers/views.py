@@ -9,6 +9,7 @@ from typing import Any
 
 from apiserver.containers.store import ContainerRecord
 from apiserver.networks import views as network_views
+from apiserver.volumes import mounts as volume_mounts
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
@@ -146,7 +147,7 @@ def inspect_view(record: ContainerRecord, *, size_rw: int | None = None,
         "ExecIDs": exec_ids or None,
         "HostConfig": cfg["HostConfig"],
         "GraphDriver": {"Data": None, "Name": "overlay2"},
-        "Mounts": [],
+        "Mounts": mount_views(record),
         "Config": cfg["Config"],
         "NetworkSettings": network_views.network_settings(record),
         "Node": cfg.get("Node"),
@@ -155,6 +156,11 @@ def inspect_view(record: ContainerRecord, *, size_rw: int | None = None,
         out["SizeRw"] = size_rw
         out["SizeRootFs"] = size_rootfs or 0
     return out
+
+
+def mount_views(record: ContainerRecord) -> list[dict[str, Any]]:
+    """``Mounts``: the container's volumes, binds and tmpfs mounts (not ``--tmpfs``, as Docker)."""
+    return [volume_mounts.view(m) for m in record.config.get("MountPoints") or []]
 
 
 def command_string(record: ContainerRecord) -> str:
@@ -181,5 +187,5 @@ def summary_view(record: ContainerRecord, now_ns: int | None = None) -> dict[str
         "Status": status_string(record, now_ns),
         "HostConfig": {"NetworkMode": cfg["HostConfig"].get("NetworkMode", "bridge")},
         "NetworkSettings": {"Networks": network_views.networks(record)},
-        "Mounts": [],
+        "Mounts": mount_views(record),
     }

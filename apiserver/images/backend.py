@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -55,7 +55,9 @@ def _layer_refs(record: ImageRecord) -> tuple[LayerRef, ...]:
 
 class ImageBackend:
     def __init__(self, *, redis: aioredis.Redis, keys: Keys, store: ImageStore, containers: ContainerStore,
-                 nodes: NodeDirectory) -> None:
+                 nodes: NodeDirectory,
+                 volume_usage: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None) -> None:
+        self._volume_usage = volume_usage  # system df's volumes (the volume backend's disk_usage)
         self._redis = redis
         self._keys = keys
         self.store = store
@@ -324,8 +326,9 @@ class ImageBackend:
             image_size = next((r.size for r in records if r.id == c.config["Image"]), 0)
             item["SizeRootFs"] = rw + image_size
             container_items.append(item)
+        volumes = await self._volume_usage() if self._volume_usage is not None else []
         return {"LayersSize": sum(layer_size.values()), "Images": images, "Containers": container_items,
-                "Volumes": [], "BuildCache": []}
+                "Volumes": volumes, "BuildCache": []}
 
     async def _chain_usage(self, record: ImageRecord, chain: str) -> int:
         for node in sorted(record.nodes):

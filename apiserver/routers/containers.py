@@ -132,6 +132,9 @@ async def post_container_wait(request: web.Request) -> web.StreamResponse:
     finally:
         for task in (result_task, gone):
             task.cancel()
+        # the generator is still running inside the cancelled step: let it unwind before closing it
+        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
+            await result_task
         await waiter.aclose()
 
 
@@ -211,6 +214,7 @@ async def _attach_session(backend: ContainerBackend, record: Any, conn: Hijacked
                           options: AttachOptions, *, tty: bool, detach_keys: bytes, logs: bool,
                           stream: bool) -> None:
     detached = asyncio.Event()
+    stdin_ended = asyncio.Event()
     scanner = DetachScanner(detach_keys if (options.stdin and tty) or options.stdin else b"")
 
     async def stdin() -> AsyncIterator[AttachInput]:
@@ -226,6 +230,11 @@ async def _attach_session(backend: ContainerBackend, record: Any, conn: Hijacked
         rest = scanner.flush()
         if rest:
             yield AttachInput(data=rest)
+        if tty:
+            # moby: a terminal's stdin is never closed by an attach (the CLI detaches by closing its
+            # connection); the end of this client's input ends its attachment instead.
+            stdin_ended.set()
+            return
         yield AttachInput(close=True)
 
     async def write(stream_no: int, data: bytes) -> bool:
@@ -240,7 +249,7 @@ async def _attach_session(backend: ContainerBackend, record: Any, conn: Hijacked
     if not stream:
         return
     outputs = await backend.attach(record, options, stdin())
-    stop = asyncio.ensure_future(_first(detached.wait(), conn.wait_closed()))
+    stop = asyncio.ensure_future(_first(detached.wait(), conn.wait_closed(), stdin_ended.wait()))
     try:
         async for out in until(outputs, stop):
             if out.stream == Stream.STDOUT and not options.stdout:

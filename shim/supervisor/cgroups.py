@@ -236,31 +236,47 @@ class ContainerCgroup:
                     _write(os.path.join(d, "devices.allow"), rule)
         self._apply_v1(resources)
 
-    def _apply_v1(self, r: Resources) -> None:
+    def update(self, resources: Resources) -> None:
+        """Write a running container's new limits; unset values become "no limit" again."""
+        for h, d in self.dirs:
+            if h.v2 and h.name == "":
+                self._apply_v2(d, h.controllers, resources, update=True)
+        self._apply_v1(resources, update=True)
+
+    def _apply_v1(self, r: Resources, *, update: bool = False) -> None:
         if (d := self._v1("memory")) is not None:
-            if r.memory > 0:
-                _write(os.path.join(d, "memory.limit_in_bytes"), str(r.memory))
+            limit = os.path.join(d, "memory.limit_in_bytes")
+            memsw = os.path.join(d, "memory.memsw.limit_in_bytes")
+            if r.memory > 0 or update:
                 swap = r.memory_swap if r.memory_swap != 0 else 2 * r.memory
-                memsw = os.path.join(d, "memory.memsw.limit_in_bytes")
+                writes = [(limit, str(r.memory) if r.memory > 0 else "-1")]
                 if os.path.exists(memsw):
-                    _write(memsw, "-1" if swap < 0 else str(swap))
-            if r.memory_reservation > 0:
-                _write(os.path.join(d, "memory.soft_limit_in_bytes"), str(r.memory_reservation))
+                    writes.append((memsw, "-1" if swap <= 0 else str(swap)))
+                    # The kernel keeps memory <= memory+swap at every step: raise the larger first.
+                    if update and _v1_bytes(_read(memsw)) < (r.memory if r.memory > 0 else 1 << 62):
+                        writes.reverse()
+                for path, value in writes:
+                    _write(path, value)
+            if r.memory_reservation > 0 or update:
+                _write(os.path.join(d, "memory.soft_limit_in_bytes"),
+                       str(r.memory_reservation) if r.memory_reservation > 0 else "-1")
+            if r.oom_kill_disable or update:
+                _write(os.path.join(d, "memory.oom_control"), "1" if r.oom_kill_disable else "0")
         if (d := self._v1("cpu")) is not None:
-            if r.cpu_shares > 0:
-                _write(os.path.join(d, "cpu.shares"), str(r.cpu_shares))
+            if r.cpu_shares > 0 or update:
+                _write(os.path.join(d, "cpu.shares"), str(r.cpu_shares or 1024))
             period, quota = _cpu_quota(r)
-            if period:
-                _write(os.path.join(d, "cpu.cfs_period_us"), str(period))
-            if quota:
-                _write(os.path.join(d, "cpu.cfs_quota_us"), str(quota))
+            if period or update:
+                _write(os.path.join(d, "cpu.cfs_period_us"), str(period or DEFAULT_CPU_PERIOD))
+            if quota or update:
+                _write(os.path.join(d, "cpu.cfs_quota_us"), str(quota or -1))
         if (d := self._v1("cpuset")) is not None:
             if r.cpuset_cpus:
                 _write(os.path.join(d, "cpuset.cpus"), r.cpuset_cpus)
             if r.cpuset_mems:
                 _write(os.path.join(d, "cpuset.mems"), r.cpuset_mems)
-        if (d := self._v1("pids")) is not None and r.pids_limit > 0:
-            _write(os.path.join(d, "pids.max"), str(r.pids_limit))
+        if (d := self._v1("pids")) is not None and (r.pids_limit > 0 or update):
+            _write(os.path.join(d, "pids.max"), str(r.pids_limit) if r.pids_limit > 0 else "max")
 
     def _v1(self, controller: str) -> str | None:
         for h, d in self.dirs:
@@ -269,7 +285,7 @@ class ContainerCgroup:
         return None
 
     @staticmethod
-    def _apply_v2(d: str, controllers: frozenset[str], r: Resources) -> None:
+    def _apply_v2(d: str, controllers: frozenset[str], r: Resources, *, update: bool = False) -> None:
         def put(name: str, value: str) -> None:
             _write(os.path.join(d, name), value)
 
@@ -279,22 +295,58 @@ class ContainerCgroup:
                 # Docker's MemorySwap is memory + swap; v2 limits swap alone.
                 swap = r.memory_swap - r.memory if r.memory_swap > 0 else r.memory
                 put("memory.swap.max", "max" if r.memory_swap < 0 else str(max(swap, 0)))
-            if r.memory_reservation > 0:
-                put("memory.low", str(r.memory_reservation))
+            elif update:
+                put("memory.max", "max")
+                put("memory.swap.max", "max")
+            if r.memory_reservation > 0 or update:
+                put("memory.low", str(r.memory_reservation) if r.memory_reservation > 0 else "0")
         if "cpu" in controllers:
-            if r.cpu_shares > 0:
+            if r.cpu_shares > 0 or update:
                 # runc's conversion of v1 shares [2, 262144] to v2 weight [1, 10000].
-                put("cpu.weight", str(1 + ((r.cpu_shares - 2) * 9999) // 262142))
+                shares = r.cpu_shares or 1024
+                put("cpu.weight", str(1 + ((shares - 2) * 9999) // 262142))
             period, quota = _cpu_quota(r)
-            if period or quota:
+            if period or quota or update:
                 put("cpu.max", f"{quota or 'max'} {period or DEFAULT_CPU_PERIOD}")
         if "cpuset" in controllers:
             if r.cpuset_cpus:
                 put("cpuset.cpus", r.cpuset_cpus)
             if r.cpuset_mems:
                 put("cpuset.mems", r.cpuset_mems)
-        if "pids" in controllers and r.pids_limit > 0:
-            put("pids.max", str(r.pids_limit))
+        if "pids" in controllers and (r.pids_limit > 0 or update):
+            put("pids.max", str(r.pids_limit) if r.pids_limit > 0 else "max")
+
+    # Freezer ------------------------------------------------------------------------------------
+
+    def _freezer(self) -> tuple[str, bool] | None:
+        """(directory, is v2) of the hierarchy that freezes: v1 freezer, else cgroup v2's
+        ``cgroup.freeze`` (a core file of every non-root v2 cgroup)."""
+        if (d := self._v1("freezer")) is not None:
+            return d, False
+        for h, d in self.dirs:
+            if h.v2:
+                return d, True
+        return None
+
+    def set_frozen(self, frozen: bool) -> None:
+        where = self._freezer()
+        if where is None:
+            raise OSError(errno.ENOTSUP, "no freezer cgroup on this host")
+        d, v2 = where
+        if v2:
+            _write(os.path.join(d, "cgroup.freeze"), "1" if frozen else "0")
+        else:
+            _write(os.path.join(d, "freezer.state"), "FROZEN" if frozen else "THAWED")
+
+    def frozen(self) -> bool:
+        """Whether every process is frozen now (v1 FREEZING is not yet)."""
+        where = self._freezer()
+        if where is None:
+            return False
+        d, v2 = where
+        if v2:
+            return _flat_value(_read(os.path.join(d, "cgroup.events")), "frozen") == "1"
+        return _read(os.path.join(d, "freezer.state")).strip() == "FROZEN"
 
     def oom_kills(self) -> int:
         """The kernel's count of OOM kills in this cgroup (v1 ``memory.oom_control``, v2
@@ -344,6 +396,21 @@ class ContainerCgroup:
             if not _rmdir(d):
                 done = False
         return done
+
+
+def _v1_bytes(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        return 0
+
+
+def _flat_value(text: str, key: str) -> str:
+    for line in text.splitlines():
+        k, _, v = line.partition(" ")
+        if k == key:
+            return v.strip()
+    return ""
 
 
 def _cpu_quota(r: Resources) -> tuple[int, int]:

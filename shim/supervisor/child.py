@@ -31,6 +31,7 @@ from typing import NoReturn, Protocol
 
 from common import linux
 from common.mounts import Mount, mount_all
+from shim.supervisor import user_mounts as mounts_mod
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_UMASK = 0o022
@@ -84,6 +85,10 @@ class ChildPlan:
     group_add: tuple[str, ...] = ()  # supplementary groups: names in /etc/group, or numbers
     no_new_privileges: bool = False
     seccomp: bytes = b""  # a BPF program (shim.supervisor.seccomp), installed just before execve
+    # Users' volumes, binds and tmpfs mounts (shim.supervisor.user_mounts), and the rootfs
+    # propagation they need (MS_SLAVE when one must receive the host's mounts).
+    user_mounts: tuple[mounts_mod.MountStep, ...] = ()
+    root_propagation: int = linux.MS_PRIVATE
 
 
 class StartError(Exception):
@@ -124,14 +129,20 @@ def run(plan: ChildPlan) -> NoReturn:
             if plan.domainname:
                 linux.setdomainname(plan.domainname)
         step = "make mounts private"
-        linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+        linux.mount(None, "/", None, linux.MS_REC | plan.root_propagation)
         step = "mount rootfs"
         mount_all(plan.mounts, plan.rootfs)
+        if plan.user_mounts:
+            step = "mount volumes"
+            _user_mounts(plan, late=False)  # before the network files: a volume on /etc must not hide them
         if plan.binds:
             step = "bind mounts"
             _bind_mounts(plan)
         step = "mount filesystems"
         slave = _mount_filesystems(plan)
+        if plan.user_mounts:
+            step = "mount volumes"
+            _user_mounts(plan, late=True)  # under /dev, /proc, /sys: on top of those filesystems
         step = "pivot_root"
         os.chdir(plan.rootfs)
         linux.pivot_root(".", ".")
@@ -165,6 +176,13 @@ def reset_signals() -> None:
 def _loopback_up() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", _IFF_UP_LOOPBACK_RUNNING))
+
+
+def _user_mounts(plan: ChildPlan, *, late: bool) -> None:
+    try:
+        mounts_mod.mount(plan.rootfs, plan.user_mounts, late_group=late)
+    except mounts_mod.ChildMountError as exc:
+        raise StartError(str(exc)) from None
 
 
 def _open_mount_point(root_fd: int, name: str) -> int:

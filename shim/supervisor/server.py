@@ -62,7 +62,8 @@ from shim.api import (
 )
 from shim.supervisor import caps as capabilities
 from shim.supervisor import child as child_mod
-from shim.supervisor import exec_child, options, restart
+from shim.supervisor import exec_child, options, restart, user_mounts
+from shim.supervisor import files as files_mod
 from shim.supervisor import seccomp as seccomp_mod
 from shim.supervisor import stats as stats_mod
 from shim.supervisor.cgroups import ContainerCgroup, Layout, cgroup_pids, ensure_parent
@@ -484,6 +485,9 @@ class Supervisor:
         if op == "attach":
             self._attach(conn, message)
             return
+        if op == "files":  # the connection goes to a forked child (shim.supervisor.files)
+            files_mod.handle(self, conn, message)
+            return
         if op == "exec_attach":
             self._exec_attach(conn, message)
             return
@@ -775,7 +779,14 @@ class Supervisor:
             raise OpError("Internal", "failed to create task for container: failed to create shim task: OCI runtime "
                           f"create failed: runc create failed: {exc}: unknown") from None
         args = p.args
-        binds = tuple((b.source, b.destination, b.readonly) for b in spec.binds)
+        try:
+            mount_steps, root_propagation = user_mounts.plan(spec.mounts, files_mod.volumes_root(self))
+        except user_mounts.MountError as exc:
+            raise OpError(exc.kind, exc.message) from None
+        # A user's mount of /etc/hosts (and friends) replaces the generated file, as in Docker.
+        taken = {os.path.normpath(m.destination) for m in spec.mounts}
+        binds = tuple((b.source, b.destination, b.readonly) for b in spec.binds
+                      if os.path.normpath(b.destination) not in taken)
         if spec.init and spec.pid == NamespaceMode.PRIVATE:  # with the host's PID 1 there is an init already
             args = (INIT_PATH, "--", *p.args)
             binds += ((self.config.init_binary, INIT_PATH, True),)
@@ -794,6 +805,7 @@ class Supervisor:
             netns_path=spec.netns_path if spec.network == NamespaceMode.PRIVATE else "",
             binds=binds, sysctls=sysctls, rlimits=rlimits, group_add=spec.group_add,
             no_new_privileges=spec.no_new_privileges, seccomp=c.seccomp,
+            user_mounts=mount_steps, root_propagation=root_propagation,
         )
 
     def _spawn(self, c: Container) -> Process:
@@ -1556,6 +1568,26 @@ class Supervisor:
         if run.on_done is not None:
             run.on_done(run.exit_code, run.output())
 
+    def op_check_user(self, conn: Connection, message: dict[str, Any]) -> Any:
+        """Resolve a user in the container's own databases, read through its root with the
+        kernel confining every lookup to it (no symlink of the image leads out)."""
+        c = self._get(message)
+        main = self._running_process(c)
+        user = str(message.get("user") or "")
+        try:
+            root = os.open(f"/proc/{main.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            raise OpError("ContainerNotRunning", f"container {c.id} is not running") from None
+        try:
+            passwd, group = (_read_in_root(root, name) for name in ("etc/passwd", "etc/group"))
+        finally:
+            os.close(root)
+        try:
+            child_mod.resolve_user(user, passwd, group)
+        except child_mod.StartError as exc:
+            raise OpError("InvalidArgument", str(exc)) from None
+        return None
+
     def feed_exec_stdin(self, proc: Process, data: bytes, conn: Connection) -> None:
         if not conn.stdin or proc.reaped or proc.stdin_eof or (proc.stdin_fd < 0 and proc.exec_done):
             return
@@ -1614,6 +1646,20 @@ class _ProbeHandle(Probe):
 
     def kill(self) -> None:
         self._sup._signal(self._proc, signal.SIGKILL)
+
+
+def _read_in_root(root: int, path: str, limit: int = 4 << 20) -> list[list[str]]:
+    """Rows of a colon-separated database under ``root`` (missing: none)."""
+    try:
+        fd = linux.openat2(root, path, os.O_RDONLY, resolve=linux.RESOLVE_IN_ROOT)
+    except OSError:
+        return []
+    try:
+        data = os.read(fd, limit)
+    finally:
+        os.close(fd)
+    lines = (line.strip() for line in data.decode("utf-8", "replace").splitlines())
+    return [line.split(":") for line in lines if line and not line.startswith("#")]
 
 
 def _exec_spec(message: dict[str, Any]) -> ExecSpec:

@@ -7,6 +7,7 @@ import pytest
 from tests.snapshotter.conftest import Stack
 from tests.snapshotter.contract import ContentContract, ImagesContract, SnapshotterContract
 from tests.snapshotter.distribution_contract import DistributionContract
+from tests.snapshotter.files_contract import FilesContract
 
 
 class TestLocalSnapshotter(SnapshotterContract):
@@ -52,6 +53,18 @@ class TestLocalDistribution(DistributionContract):
 
 
 class TestRemoteDistribution(DistributionContract):
+    @pytest.fixture
+    def stack(self, remote_stack: Stack) -> Stack:
+        return remote_stack
+
+
+class TestLocalFiles(FilesContract):
+    @pytest.fixture
+    def stack(self, local_stack: Stack) -> Stack:
+        return local_stack
+
+
+class TestRemoteFiles(FilesContract):
     @pytest.fixture
     def stack(self, remote_stack: Stack) -> Stack:
         return remote_stack

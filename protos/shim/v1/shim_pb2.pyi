@@ -151,7 +151,7 @@ class Ulimit(_message.Message):
     def __init__(self, name: _Optional[str] = ..., soft: _Optional[int] = ..., hard: _Optional[int] = ...) -> None: ...
 
 class ContainerSpec(_message.Message):
-    __slots__ = ("id", "rootfs", "process", "hostname", "domainname", "network", "ipc", "pid", "uts", "readonly_rootfs", "privileged", "cap_add", "cap_drop", "resources", "shm_size", "labels", "restart_policy", "healthcheck", "ulimits", "sysctls", "group_add", "init", "no_new_privileges", "seccomp_profile", "networking", "netns_path", "binds")
+    __slots__ = ("id", "rootfs", "process", "hostname", "domainname", "network", "ipc", "pid", "uts", "readonly_rootfs", "privileged", "cap_add", "cap_drop", "resources", "shm_size", "labels", "restart_policy", "healthcheck", "ulimits", "sysctls", "group_add", "init", "no_new_privileges", "seccomp_profile", "networking", "netns_path", "binds", "mounts")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +193,7 @@ class ContainerSpec(_message.Message):
     NETWORKING_FIELD_NUMBER: _ClassVar[int]
     NETNS_PATH_FIELD_NUMBER: _ClassVar[int]
     BINDS_FIELD_NUMBER: _ClassVar[int]
+    MOUNTS_FIELD_NUMBER: _ClassVar[int]
     id: str
     rootfs: _containers.RepeatedCompositeFieldContainer[Mount]
     process: ProcessSpec
@@ -220,7 +221,8 @@ class ContainerSpec(_message.Message):
     networking: Networking
     netns_path: str
     binds: _containers.RepeatedCompositeFieldContainer[BindMount]
-    def __init__(self, id: _Optional[str] = ..., rootfs: _Optional[_Iterable[_Union[Mount, _Mapping]]] = ..., process: _Optional[_Union[ProcessSpec, _Mapping]] = ..., hostname: _Optional[str] = ..., domainname: _Optional[str] = ..., network: _Optional[_Union[NamespaceMode, str]] = ..., ipc: _Optional[_Union[NamespaceMode, str]] = ..., pid: _Optional[_Union[NamespaceMode, str]] = ..., uts: _Optional[_Union[NamespaceMode, str]] = ..., readonly_rootfs: _Optional[bool] = ..., privileged: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., shm_size: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., healthcheck: _Optional[_Union[Healthcheck, _Mapping]] = ..., ulimits: _Optional[_Iterable[_Union[Ulimit, _Mapping]]] = ..., sysctls: _Optional[_Mapping[str, str]] = ..., group_add: _Optional[_Iterable[str]] = ..., init: _Optional[bool] = ..., no_new_privileges: _Optional[bool] = ..., seccomp_profile: _Optional[str] = ..., networking: _Optional[_Union[Networking, _Mapping]] = ..., netns_path: _Optional[str] = ..., binds: _Optional[_Iterable[_Union[BindMount, _Mapping]]] = ...) -> None: ...
+    mounts: _containers.RepeatedCompositeFieldContainer[ContainerMount]
+    def __init__(self, id: _Optional[str] = ..., rootfs: _Optional[_Iterable[_Union[Mount, _Mapping]]] = ..., process: _Optional[_Union[ProcessSpec, _Mapping]] = ..., hostname: _Optional[str] = ..., domainname: _Optional[str] = ..., network: _Optional[_Union[NamespaceMode, str]] = ..., ipc: _Optional[_Union[NamespaceMode, str]] = ..., pid: _Optional[_Union[NamespaceMode, str]] = ..., uts: _Optional[_Union[NamespaceMode, str]] = ..., readonly_rootfs: _Optional[bool] = ..., privileged: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., shm_size: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., healthcheck: _Optional[_Union[Healthcheck, _Mapping]] = ..., ulimits: _Optional[_Iterable[_Union[Ulimit, _Mapping]]] = ..., sysctls: _Optional[_Mapping[str, str]] = ..., group_add: _Optional[_Iterable[str]] = ..., init: _Optional[bool] = ..., no_new_privileges: _Optional[bool] = ..., seccomp_profile: _Optional[str] = ..., networking: _Optional[_Union[Networking, _Mapping]] = ..., netns_path: _Optional[str] = ..., binds: _Optional[_Iterable[_Union[BindMount, _Mapping]]] = ..., mounts: _Optional[_Iterable[_Union[ContainerMount, _Mapping]]] = ...) -> None: ...
 
 class HealthLogEntry(_message.Message):
     __slots__ = ("start_ns", "end_ns", "exit_code", "output")
@@ -841,5 +843,160 @@ class DisconnectRequest(_message.Message):
     def __init__(self, container_id: _Optional[str] = ..., network_id: _Optional[str] = ...) -> None: ...
 
 class DisconnectResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ContainerMount(_message.Message):
+    __slots__ = ("type", "destination", "source", "readonly", "propagation", "recursive", "data", "copy_up", "create_source")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    READONLY_FIELD_NUMBER: _ClassVar[int]
+    PROPAGATION_FIELD_NUMBER: _ClassVar[int]
+    RECURSIVE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    COPY_UP_FIELD_NUMBER: _ClassVar[int]
+    CREATE_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    destination: str
+    source: str
+    readonly: bool
+    propagation: str
+    recursive: bool
+    data: str
+    copy_up: bool
+    create_source: bool
+    def __init__(self, type: _Optional[str] = ..., destination: _Optional[str] = ..., source: _Optional[str] = ..., readonly: _Optional[bool] = ..., propagation: _Optional[str] = ..., recursive: _Optional[bool] = ..., data: _Optional[str] = ..., copy_up: _Optional[bool] = ..., create_source: _Optional[bool] = ...) -> None: ...
+
+class FileStat(_message.Message):
+    __slots__ = ("name", "size", "mode", "mtime", "link_target")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MTIME_FIELD_NUMBER: _ClassVar[int]
+    LINK_TARGET_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size: int
+    mode: int
+    mtime: str
+    link_target: str
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., mode: _Optional[int] = ..., mtime: _Optional[str] = ..., link_target: _Optional[str] = ...) -> None: ...
+
+class FilesStatRequest(_message.Message):
+    __slots__ = ("id", "path")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    path: str
+    def __init__(self, id: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class FilesStatResponse(_message.Message):
+    __slots__ = ("stat",)
+    STAT_FIELD_NUMBER: _ClassVar[int]
+    stat: FileStat
+    def __init__(self, stat: _Optional[_Union[FileStat, _Mapping]] = ...) -> None: ...
+
+class ReadArchiveRequest(_message.Message):
+    __slots__ = ("id", "path")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    path: str
+    def __init__(self, id: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class ReadArchiveResponse(_message.Message):
+    __slots__ = ("stat", "data")
+    STAT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    stat: FileStat
+    data: bytes
+    def __init__(self, stat: _Optional[_Union[FileStat, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class WriteArchiveRequest(_message.Message):
+    __slots__ = ("id", "path", "no_overwrite_dir_non_dir", "chown", "uid", "gid", "data")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    NO_OVERWRITE_DIR_NON_DIR_FIELD_NUMBER: _ClassVar[int]
+    CHOWN_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    path: str
+    no_overwrite_dir_non_dir: bool
+    chown: bool
+    uid: int
+    gid: int
+    data: bytes
+    def __init__(self, id: _Optional[str] = ..., path: _Optional[str] = ..., no_overwrite_dir_non_dir: _Optional[bool] = ..., chown: _Optional[bool] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class WriteArchiveResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PopulateRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class PopulateResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CreateVolumeRequest(_message.Message):
+    __slots__ = ("name", "options")
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    options: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class CreateVolumeResponse(_message.Message):
+    __slots__ = ("mountpoint", "created_at_ns")
+    MOUNTPOINT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_NS_FIELD_NUMBER: _ClassVar[int]
+    mountpoint: str
+    created_at_ns: int
+    def __init__(self, mountpoint: _Optional[str] = ..., created_at_ns: _Optional[int] = ...) -> None: ...
+
+class RemoveVolumeRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RemoveVolumeResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class VolumeUsageRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class VolumeUsageResponse(_message.Message):
+    __slots__ = ("size",)
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    def __init__(self, size: _Optional[int] = ...) -> None: ...
+
+class CheckUserRequest(_message.Message):
+    __slots__ = ("id", "user")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    user: str
+    def __init__(self, id: _Optional[str] = ..., user: _Optional[str] = ...) -> None: ...
+
+class CheckUserResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -136,6 +136,11 @@ class TasksStub:
                 request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.ResizeExecRequest.SerializeToString,
                 response_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.ResizeExecResponse.FromString,
                 _registered_method=True)
+        self.CheckUser = channel.unary_unary(
+                '/berth.shim.v1.Tasks/CheckUser',
+                request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.CheckUserRequest.SerializeToString,
+                response_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.CheckUserResponse.FromString,
+                _registered_method=True)
 
 
 class TasksServicer:
@@ -289,6 +294,14 @@ class TasksServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckUser(self, request, context):
+        """CheckUser resolves a --user value in a running container's own /etc/passwd and /etc/group
+        (INVALID_ARGUMENT if it names nobody), as docker exec does before it creates an exec.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TasksServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -391,6 +404,11 @@ def add_TasksServicer_to_server(servicer, server):
                     servicer.ResizeExec,
                     request_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.ResizeExecRequest.FromString,
                     response_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.ResizeExecResponse.SerializeToString,
+            ),
+            'CheckUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckUser,
+                    request_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.CheckUserRequest.FromString,
+                    response_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.CheckUserResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -945,6 +963,33 @@ class Tasks:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def CheckUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/berth.shim.v1.Tasks/CheckUser',
+            protos_dot_shim_dot_v1_dot_shim__pb2.CheckUserRequest.SerializeToString,
+            protos_dot_shim_dot_v1_dot_shim__pb2.CheckUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class NetworksStub:
     """Networks wires container networks on this host: bridges, and endpoints of existing containers.
@@ -1143,6 +1188,382 @@ class Networks:
             '/berth.shim.v1.Networks/Disconnect',
             protos_dot_shim_dot_v1_dot_shim__pb2.DisconnectRequest.SerializeToString,
             protos_dot_shim_dot_v1_dot_shim__pb2.DisconnectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class FilesStub:
+    """Files reads and writes the files of running containers, from inside their mount namespace
+    (docker cp), and fills new volumes with the image's content.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.StatPath = channel.unary_unary(
+                '/berth.shim.v1.Files/StatPath',
+                request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.FilesStatRequest.SerializeToString,
+                response_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.FilesStatResponse.FromString,
+                _registered_method=True)
+        self.ReadArchive = channel.unary_stream(
+                '/berth.shim.v1.Files/ReadArchive',
+                request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.ReadArchiveRequest.SerializeToString,
+                response_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.ReadArchiveResponse.FromString,
+                _registered_method=True)
+        self.WriteArchive = channel.stream_unary(
+                '/berth.shim.v1.Files/WriteArchive',
+                request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.WriteArchiveRequest.SerializeToString,
+                response_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.WriteArchiveResponse.FromString,
+                _registered_method=True)
+        self.Populate = channel.unary_unary(
+                '/berth.shim.v1.Files/Populate',
+                request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.PopulateRequest.SerializeToString,
+                response_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.PopulateResponse.FromString,
+                _registered_method=True)
+
+
+class FilesServicer:
+    """Files reads and writes the files of running containers, from inside their mount namespace
+    (docker cp), and fills new volumes with the image's content.
+    """
+
+    def StatPath(self, request, context):
+        """StatPath describes a path inside a running container (X-Docker-Container-Path-Stat).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadArchive(self, request, context):
+        """ReadArchive streams a tar of a path: the first message carries the path's stat, then data.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WriteArchive(self, request_iterator, context):
+        """WriteArchive extracts a plain or compressed tar sent in chunks into a directory; the first
+        message names the container, the directory and the options.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Populate(self, request, context):
+        """Populate copies the image's content into the container's new, empty volumes (docker create).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_FilesServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'StatPath': grpc.unary_unary_rpc_method_handler(
+                    servicer.StatPath,
+                    request_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.FilesStatRequest.FromString,
+                    response_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.FilesStatResponse.SerializeToString,
+            ),
+            'ReadArchive': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadArchive,
+                    request_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.ReadArchiveRequest.FromString,
+                    response_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.ReadArchiveResponse.SerializeToString,
+            ),
+            'WriteArchive': grpc.stream_unary_rpc_method_handler(
+                    servicer.WriteArchive,
+                    request_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.WriteArchiveRequest.FromString,
+                    response_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.WriteArchiveResponse.SerializeToString,
+            ),
+            'Populate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Populate,
+                    request_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.PopulateRequest.FromString,
+                    response_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.PopulateResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'berth.shim.v1.Files', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('berth.shim.v1.Files', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Files:
+    """Files reads and writes the files of running containers, from inside their mount namespace
+    (docker cp), and fills new volumes with the image's content.
+    """
+
+    @staticmethod
+    def StatPath(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/berth.shim.v1.Files/StatPath',
+            protos_dot_shim_dot_v1_dot_shim__pb2.FilesStatRequest.SerializeToString,
+            protos_dot_shim_dot_v1_dot_shim__pb2.FilesStatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadArchive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/berth.shim.v1.Files/ReadArchive',
+            protos_dot_shim_dot_v1_dot_shim__pb2.ReadArchiveRequest.SerializeToString,
+            protos_dot_shim_dot_v1_dot_shim__pb2.ReadArchiveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteArchive(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/berth.shim.v1.Files/WriteArchive',
+            protos_dot_shim_dot_v1_dot_shim__pb2.WriteArchiveRequest.SerializeToString,
+            protos_dot_shim_dot_v1_dot_shim__pb2.WriteArchiveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Populate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/berth.shim.v1.Files/Populate',
+            protos_dot_shim_dot_v1_dot_shim__pb2.PopulateRequest.SerializeToString,
+            protos_dot_shim_dot_v1_dot_shim__pb2.PopulateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class VolumesStub:
+    """Volumes keeps the data of the local driver's volumes on this host (<root>/volumes/<name>/_data).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateVolume = channel.unary_unary(
+                '/berth.shim.v1.Volumes/CreateVolume',
+                request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.CreateVolumeRequest.SerializeToString,
+                response_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.CreateVolumeResponse.FromString,
+                _registered_method=True)
+        self.RemoveVolume = channel.unary_unary(
+                '/berth.shim.v1.Volumes/RemoveVolume',
+                request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.RemoveVolumeRequest.SerializeToString,
+                response_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.RemoveVolumeResponse.FromString,
+                _registered_method=True)
+        self.VolumeUsage = channel.unary_unary(
+                '/berth.shim.v1.Volumes/VolumeUsage',
+                request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.VolumeUsageRequest.SerializeToString,
+                response_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.VolumeUsageResponse.FromString,
+                _registered_method=True)
+
+
+class VolumesServicer:
+    """Volumes keeps the data of the local driver's volumes on this host (<root>/volumes/<name>/_data).
+    """
+
+    def CreateVolume(self, request, context):
+        """CreateVolume makes a volume's directories (idempotent) and records its driver options.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveVolume(self, request, context):
+        """RemoveVolume unmounts a volume (if its options mounted it) and deletes its data.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VolumeUsage(self, request, context):
+        """VolumeUsage measures the bytes under a volume's data directory.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_VolumesServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateVolume': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateVolume,
+                    request_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.CreateVolumeRequest.FromString,
+                    response_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.CreateVolumeResponse.SerializeToString,
+            ),
+            'RemoveVolume': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveVolume,
+                    request_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.RemoveVolumeRequest.FromString,
+                    response_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.RemoveVolumeResponse.SerializeToString,
+            ),
+            'VolumeUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.VolumeUsage,
+                    request_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.VolumeUsageRequest.FromString,
+                    response_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.VolumeUsageResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'berth.shim.v1.Volumes', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('berth.shim.v1.Volumes', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Volumes:
+    """Volumes keeps the data of the local driver's volumes on this host (<root>/volumes/<name>/_data).
+    """
+
+    @staticmethod
+    def CreateVolume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/berth.shim.v1.Volumes/CreateVolume',
+            protos_dot_shim_dot_v1_dot_shim__pb2.CreateVolumeRequest.SerializeToString,
+            protos_dot_shim_dot_v1_dot_shim__pb2.CreateVolumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveVolume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/berth.shim.v1.Volumes/RemoveVolume',
+            protos_dot_shim_dot_v1_dot_shim__pb2.RemoveVolumeRequest.SerializeToString,
+            protos_dot_shim_dot_v1_dot_shim__pb2.RemoveVolumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VolumeUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/berth.shim.v1.Volumes/VolumeUsage',
+            protos_dot_shim_dot_v1_dot_shim__pb2.VolumeUsageRequest.SerializeToString,
+            protos_dot_shim_dot_v1_dot_shim__pb2.VolumeUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -442,3 +442,103 @@ class ImportRootfsResponse(_message.Message):
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     image: ImageRecord
     def __init__(self, image: _Optional[_Union[ImageRecord, _Mapping]] = ...) -> None: ...
+
+class Change(_message.Message):
+    __slots__ = ("path", "kind")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    kind: int
+    def __init__(self, path: _Optional[str] = ..., kind: _Optional[int] = ...) -> None: ...
+
+class ChangesRequest(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    def __init__(self, key: _Optional[str] = ...) -> None: ...
+
+class ChangesResponse(_message.Message):
+    __slots__ = ("changes",)
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    changes: _containers.RepeatedCompositeFieldContainer[Change]
+    def __init__(self, changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ...) -> None: ...
+
+class CommitLayerRequest(_message.Message):
+    __slots__ = ("key", "consume")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    CONSUME_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    consume: bool
+    def __init__(self, key: _Optional[str] = ..., consume: _Optional[bool] = ...) -> None: ...
+
+class CommitLayerResponse(_message.Message):
+    __slots__ = ("layer", "chain_id")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    layer: LayerRef
+    chain_id: str
+    def __init__(self, layer: _Optional[_Union[LayerRef, _Mapping]] = ..., chain_id: _Optional[str] = ...) -> None: ...
+
+class ApplyTarRequest(_message.Message):
+    __slots__ = ("key", "dest", "no_overwrite_dir_non_dir", "chown", "uid", "gid", "data")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    DEST_FIELD_NUMBER: _ClassVar[int]
+    NO_OVERWRITE_DIR_NON_DIR_FIELD_NUMBER: _ClassVar[int]
+    CHOWN_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    dest: str
+    no_overwrite_dir_non_dir: bool
+    chown: bool
+    uid: int
+    gid: int
+    data: bytes
+    def __init__(self, key: _Optional[str] = ..., dest: _Optional[str] = ..., no_overwrite_dir_non_dir: _Optional[bool] = ..., chown: _Optional[bool] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ApplyTarResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PathStat(_message.Message):
+    __slots__ = ("name", "size", "mode", "mtime", "link_target")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MTIME_FIELD_NUMBER: _ClassVar[int]
+    LINK_TARGET_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size: int
+    mode: int
+    mtime: str
+    link_target: str
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., mode: _Optional[int] = ..., mtime: _Optional[str] = ..., link_target: _Optional[str] = ...) -> None: ...
+
+class StatPathRequest(_message.Message):
+    __slots__ = ("key", "path")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    path: str
+    def __init__(self, key: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class StatPathResponse(_message.Message):
+    __slots__ = ("stat",)
+    STAT_FIELD_NUMBER: _ClassVar[int]
+    stat: PathStat
+    def __init__(self, stat: _Optional[_Union[PathStat, _Mapping]] = ...) -> None: ...
+
+class ReadTarRequest(_message.Message):
+    __slots__ = ("key", "path")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    path: str
+    def __init__(self, key: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class ReadTarResponse(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...

@@ -86,6 +86,11 @@ class SnapshotsStub:
                 request_serializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.CleanupRequest.SerializeToString,
                 response_deserializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.CleanupResponse.FromString,
                 _registered_method=True)
+        self.Changes = channel.unary_stream(
+                '/berth.snapshotter.v1.Snapshots/Changes',
+                request_serializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ChangesRequest.SerializeToString,
+                response_deserializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ChangesResponse.FromString,
+                _registered_method=True)
 
 
 class SnapshotsServicer:
@@ -163,6 +168,13 @@ class SnapshotsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Changes(self, request, context):
+        """Changes streams what an active snapshot changed against its parent (docker diff), in batches.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SnapshotsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -215,6 +227,11 @@ def add_SnapshotsServicer_to_server(servicer, server):
                     servicer.Cleanup,
                     request_deserializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.CleanupRequest.FromString,
                     response_serializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.CleanupResponse.SerializeToString,
+            ),
+            'Changes': grpc.unary_stream_rpc_method_handler(
+                    servicer.Changes,
+                    request_deserializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ChangesRequest.FromString,
+                    response_serializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -489,6 +506,33 @@ class Snapshots:
             '/berth.snapshotter.v1.Snapshots/Cleanup',
             protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.CleanupRequest.SerializeToString,
             protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.CleanupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Changes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/berth.snapshotter.v1.Snapshots/Changes',
+            protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ChangesRequest.SerializeToString,
+            protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -792,6 +836,26 @@ class ImagesStub:
                 request_serializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ImportRootfsRequest.SerializeToString,
                 response_deserializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ImportRootfsResponse.FromString,
                 _registered_method=True)
+        self.CommitLayer = channel.unary_unary(
+                '/berth.snapshotter.v1.Images/CommitLayer',
+                request_serializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.CommitLayerRequest.SerializeToString,
+                response_deserializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.CommitLayerResponse.FromString,
+                _registered_method=True)
+        self.ApplyTar = channel.stream_unary(
+                '/berth.snapshotter.v1.Images/ApplyTar',
+                request_serializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ApplyTarRequest.SerializeToString,
+                response_deserializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ApplyTarResponse.FromString,
+                _registered_method=True)
+        self.StatPath = channel.unary_unary(
+                '/berth.snapshotter.v1.Images/StatPath',
+                request_serializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.StatPathRequest.SerializeToString,
+                response_deserializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.StatPathResponse.FromString,
+                _registered_method=True)
+        self.ReadTar = channel.unary_stream(
+                '/berth.snapshotter.v1.Images/ReadTar',
+                request_serializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ReadTarRequest.SerializeToString,
+                response_deserializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ReadTarResponse.FromString,
+                _registered_method=True)
 
 
 class ImagesServicer:
@@ -843,6 +907,35 @@ class ImagesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CommitLayer(self, request, context):
+        """CommitLayer turns an active snapshot's changes into a stored layer and a committed snapshot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyTar(self, request_iterator, context):
+        """ApplyTar extracts a tar sent in chunks into a directory of an active snapshot; the first
+        message names the snapshot, the directory and the options.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StatPath(self, request, context):
+        """StatPath describes a path inside a snapshot (X-Docker-Container-Path-Stat).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadTar(self, request, context):
+        """ReadTar streams a tar of a path inside a snapshot (docker cp, docker export).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImagesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -875,6 +968,26 @@ def add_ImagesServicer_to_server(servicer, server):
                     servicer.ImportRootfs,
                     request_deserializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ImportRootfsRequest.FromString,
                     response_serializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ImportRootfsResponse.SerializeToString,
+            ),
+            'CommitLayer': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitLayer,
+                    request_deserializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.CommitLayerRequest.FromString,
+                    response_serializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.CommitLayerResponse.SerializeToString,
+            ),
+            'ApplyTar': grpc.stream_unary_rpc_method_handler(
+                    servicer.ApplyTar,
+                    request_deserializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ApplyTarRequest.FromString,
+                    response_serializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ApplyTarResponse.SerializeToString,
+            ),
+            'StatPath': grpc.unary_unary_rpc_method_handler(
+                    servicer.StatPath,
+                    request_deserializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.StatPathRequest.FromString,
+                    response_serializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.StatPathResponse.SerializeToString,
+            ),
+            'ReadTar': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadTar,
+                    request_deserializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ReadTarRequest.FromString,
+                    response_serializer=protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ReadTarResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1040,6 +1153,114 @@ class Images:
             '/berth.snapshotter.v1.Images/ImportRootfs',
             protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ImportRootfsRequest.SerializeToString,
             protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ImportRootfsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitLayer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/berth.snapshotter.v1.Images/CommitLayer',
+            protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.CommitLayerRequest.SerializeToString,
+            protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.CommitLayerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyTar(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/berth.snapshotter.v1.Images/ApplyTar',
+            protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ApplyTarRequest.SerializeToString,
+            protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ApplyTarResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StatPath(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/berth.snapshotter.v1.Images/StatPath',
+            protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.StatPathRequest.SerializeToString,
+            protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.StatPathResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadTar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/berth.snapshotter.v1.Images/ReadTar',
+            protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ReadTarRequest.SerializeToString,
+            protos_dot_snapshotter_dot_v1_dot_snapshotter__pb2.ReadTarResponse.FromString,
             options,
             channel_credentials,
             insecure,

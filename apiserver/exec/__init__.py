@@ -1,0 +1,1 @@
+"""``docker exec``: exec sessions of running containers (records in Redis, processes in the shim)."""

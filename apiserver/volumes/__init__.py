@@ -1,0 +1,1 @@
+"""Volumes: their records in Redis, the mounts of containers, the ``/volumes`` API."""

@@ -1,0 +1,79 @@
+"""The shim's side of an exec connection to the supervisor (see :mod:`shim.wire`).
+
+The first request is ``{"op": "exec_attach", "cid", "spec"}``. The supervisor answers once the
+process runs (``{"state", "seq"}`` of its start event) or could not start (an error whose result
+carries the ``seq`` of its recorded exit); then STDOUT/STDERR frames come down and STDIN /
+CLOSE_STDIN frames go up; an ``END`` frame carries ``{"seq", "exit_code"}`` of the exit event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from protos.errors import BerthError, Unavailable, error_class
+from shim import wire
+from shim.api import ExecSpec
+from shim.supervisor.client import read_frame
+
+
+class ExecStream:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.end: dict[str, Any] = {}  # the END frame's payload, once read
+
+    @classmethod
+    async def open(cls, socket_path: Path, cid: str,
+                   spec: ExecSpec) -> tuple[ExecStream | None, dict[str, Any], BerthError | None]:
+        """(stream, result, None) once the process runs; (None, result, error) if it did not start."""
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(socket_path), limit=wire.MAX_FRAME)
+        except OSError as exc:
+            raise Unavailable(f"supervisor unreachable at {socket_path}: {exc.strerror}") from None
+        stream = cls(reader, writer)
+        writer.write(wire.json_frame({"id": 1, "op": "exec_attach", "cid": cid, "spec": wire.encode(spec)}))
+        try:
+            _, payload = await read_frame(reader)
+            reply = json.loads(payload)
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+            await stream.close()
+            raise Unavailable(f"exec failed: {exc}") from None
+        result = reply.get("result") or {}
+        if not reply.get("ok"):
+            await stream.close()
+            error = reply.get("error") or {}
+            error_type = error_class(str(error.get("class", "Internal")))
+            return None, result, error_type(str(error.get("message", "exec failed")))
+        return stream, result, None
+
+    async def read(self) -> tuple[int, bytes] | None:
+        """The next output frame; ``None`` at the end (exit reported in :attr:`end`, or connection gone)."""
+        try:
+            kind, payload = await read_frame(self._reader)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            return None
+        if kind == wire.Kind.END:
+            try:
+                self.end = json.loads(payload) if payload else {}
+            except ValueError:
+                self.end = {}
+            return None
+        return kind, payload
+
+    async def send_stdin(self, data: bytes) -> None:
+        self._writer.write(wire.frame(wire.Kind.STDIN, data))
+        await self._writer.drain()
+
+    async def close_stdin(self) -> None:
+        self._writer.write(wire.frame(wire.Kind.CLOSE_STDIN, b""))
+        await self._writer.drain()
+
+    async def close(self) -> None:
+        self._writer.close()
+        try:
+            await self._writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass
