@@ -45,6 +45,7 @@ class DaemonConfig:
     group: str = "berth"
     node_id: str = ""
     insecure_registries: tuple[str, ...] = ()
+    max_build_context: int = 4 * 1024 * 1024 * 1024
     registry_certs_dir: Path = Path("/etc/berth/certs.d")
     # networking (dockerd's --bridge/--bip/--default-address-pool; the rest are Berth's names
     # on the host, so two Berths, or test sessions, never meet)
@@ -70,6 +71,7 @@ _FILE_KEYS = {
     "cgroup_parent": "cgroup-parent", "labels": "labels", "shutdown_timeout": "shutdown-timeout",
     "group": "group", "allow_insecure_tcp": "allow-insecure-tcp", "node_id": "node-id",
     "insecure_registries": "insecure-registries", "registry_certs_dir": "registry-certs-dir",
+    "max_build_context": "max-build-context",
     "bridge": "bridge", "bip": "bip", "default_address_pools": "default-address-pools",
     "bridge_prefix": "bridge-prefix", "veth_prefix": "veth-prefix", "nft_table": "nft-table",
     "resolv_conf": "resolv-conf",
@@ -120,6 +122,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--nft-table", dest="nft_table", default=None, help="name of Berth's nftables table (berth)")
     p.add_argument("--resolv-conf", dest="resolv_conf", default=None,
                    help="resolver configuration containers' resolv.conf is built from (/etc/resolv.conf)")
+    p.add_argument("--max-build-context", dest="max_build_context", default=None,
+                   help="largest build context accepted (bytes, or with k/m/g), 4g by default")
     p.add_argument("-v", "--version", dest="version", action="store_true", help="print the version and exit")
     return p
 
@@ -185,6 +189,7 @@ def build(values: dict[str, Any]) -> DaemonConfig:
         node_id=str(values.get("node_id") or ""),
         insecure_registries=tuple(values.get("insecure_registries") or ()),
         registry_certs_dir=Path(values.get("registry_certs_dir") or default.registry_certs_dir),
+        max_build_context=_size(values.get("max_build_context"), default.max_build_context),
         bridge=_name(values.get("bridge") or default.bridge, "bridge", 15),
         bip=str(values.get("bip") or ""),
         default_address_pools=tuple(values.get("default_address_pools") or ()),
@@ -200,3 +205,17 @@ def _name(value: str, flag: str, limit: int) -> str:
     if not value or len(value) > limit or any(c in value for c in "/ :\t\n"):
         raise ConfigError(f"invalid --{flag} {value!r}: at most {limit} characters, no '/', ':' or spaces")
     return value
+
+
+def _size(value: object, default: int) -> int:
+    """``1024``, ``64k``, ``100m``, ``4g`` → bytes."""
+    if value is None or value == "":
+        return default
+    text = str(value).strip().lower()
+    units = {"k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+    try:
+        if text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except (ValueError, IndexError):
+        raise ConfigError(f"invalid size: {value}") from None

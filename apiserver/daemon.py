@@ -218,6 +218,7 @@ class Daemon:
         app[exec_router.EXECS] = ExecBackend(redis=redis, keys=keys, containers=container_store, nodes=directory)
         app[networks_router.NETWORKS] = networks
         app[build_router.BUILDER] = new_builder
+        app[build_router.CONTEXT_LIMIT] = cfg.max_build_context
         app[system_router.SYSTEM] = system
         app[containers_router.CONTAINERS] = containers
         app[volumes_router.VOLUMES] = volumes

@@ -30,14 +30,14 @@ import structlog
 
 from apiserver.build.context import BuildContext, Selected, TarBuffer
 from apiserver.build.copy import Copier
-from apiserver.build.dockerfile import Dockerfile, DockerfileError, Instruction, parse
+from apiserver.build.dockerfile import Dockerfile, DockerfileError, Instruction, parse, parse_instruction
 from apiserver.build.shell import Lexer
 from apiserver.containers.views import rfc3339_nano
 from apiserver.images.store import ImageRecord, ImageStore
 from apiserver.nodes import HostServices, NodeDirectory
 from protos.errors import BerthError, InvalidArgument, NotFound
 from registry_client import reference
-from shim.api import AttachInput, AttachOptions, ContainerSpec, ProcessSpec
+from shim.api import AttachInput, AttachOptions, ContainerSpec, NamespaceMode, ProcessSpec
 from snapshotter.api import CommitResult, RegistryAuth
 
 log = structlog.get_logger()
@@ -71,6 +71,7 @@ class BuildOptions:
     quiet: bool = False
     platform: str = ""
     auth: dict[str, RegistryAuth] = field(default_factory=dict)
+    network: str = "default"  # RUN steps: host, none, or default (a private namespace with lo only)
 
 
 @dataclass(slots=True)
@@ -321,6 +322,17 @@ class Builder:
         if ins.cmd == "from":
             async for m in self._from(stage, stages, ins, lexer, meta_args, options):
                 yield m
+            # The base image's ONBUILD triggers run now, as part of this step; they do not pass
+            # on to images built from this one.
+            config = stage.config.setdefault("config", {})
+            triggers = list(config.get("OnBuild") or [])
+            config["OnBuild"] = None
+            if triggers:
+                yield {"stream": f"# Executing {len(triggers)} build trigger{'s' if len(triggers) > 1 else ''}\n"}
+            for trigger in triggers:
+                trigger_ins = parse_instruction(ins.line, trigger)
+                async for m in self._dispatch(stage, stages, trigger_ins, lexer, meta_args, options, used):
+                    yield m
         elif ins.cmd == "arg":
             for name, default in self._arg_defs(ins, lexer, env):
                 given = options.build_args.get(name)
@@ -504,9 +516,6 @@ class Builder:
                 yield m
         stage.args = {}
         stage.cmd_set = False
-        triggers = list((stage.config.get("config") or {}).get("OnBuild") or [])
-        if triggers and previous is None:
-            raise InvalidArgument("ONBUILD triggers of base images are not supported by Berth's builder yet")
 
     async def _base_image(self, stage: Stage, base: str, options: BuildOptions) -> AsyncIterator[Message]:
         record = None if options.pull else await self._images.find(base)
@@ -620,7 +629,8 @@ class Builder:
         if not any(e.startswith("PATH=") for e in env):
             env.insert(0, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         spec = ContainerSpec(id=cid, rootfs=tuple(mounts), hostname=cid[:12], process=ProcessSpec(
-            args=tuple(argv), env=tuple(env), cwd=config.get("WorkingDir") or "/", user=config.get("User") or ""))
+            args=tuple(argv), env=tuple(env), cwd=config.get("WorkingDir") or "/", user=config.get("User") or ""),
+            network=NamespaceMode.HOST if options.network == "host" else NamespaceMode.PRIVATE)
         committed = False
         try:
             await host.runtime.create(spec)

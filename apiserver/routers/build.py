@@ -20,6 +20,7 @@ from snapshotter.api import RegistryAuth
 
 BuilderFactory = Callable[[], Builder]
 BUILDER: web.AppKey[BuilderFactory] = web.AppKey("builder", BuilderFactory)  # type: ignore[arg-type]
+CONTEXT_LIMIT: web.AppKey[int] = web.AppKey("build_context_limit", int)
 
 _UNSUPPORTED = {"squash": "--squash", "remote": "a remote build context", "outputs": "--output"}
 
@@ -76,7 +77,16 @@ def build_options(request: web.Request) -> BuildOptions:
         quiet=bool_value(request, "q"),
         platform=q.get("platform", ""),
         auth=_registry_config(request.headers.get("X-Registry-Config")),
+        network=_network(q.get("networkmode", "")),
     )
+
+
+def _network(mode: str) -> str:
+    if mode in ("", "default", "bridge"):
+        return "default"
+    if mode in ("host", "none"):
+        return mode
+    raise InvalidArgument(f"network mode {mode!r} is not supported for builds (use default, host or none)")
 
 
 async def _body(request: web.Request) -> AsyncIterator[bytes]:
@@ -86,7 +96,7 @@ async def _body(request: web.Request) -> AsyncIterator[bytes]:
 
 async def post_build(request: web.Request) -> web.StreamResponse:
     options = build_options(request)
-    ctx = await BuildContext.receive(_body(request))
+    ctx = await BuildContext.receive(_body(request), max_size=request.app[CONTEXT_LIMIT])
     try:
         builder = request.app[BUILDER]()
         messages = aiter(builder.run(ctx, options))
