@@ -1,0 +1,3 @@
+"""The benchmarks are run by ``make bench`` (``python -m tests.bench``), never by pytest."""
+
+collect_ignore_glob = ["*.py"]
