@@ -57,6 +57,7 @@ from apiserver.volumes.store import VolumeStore
 from common import redis_server
 from common.keys import Keys
 from common.nodes import load_or_create_node_id
+from protos.errors import Unavailable
 from protos.rpc import insecure_channel
 from registry_client.hosts import RegistryTLS, insecure_matcher
 from snapshotter.api import RegistryAuth
@@ -141,6 +142,19 @@ def _embedded(cfg: DaemonConfig) -> Embedded:
     return Embedded(redis=redis, shim=shim, snapshotter=snapshotter, node_id=node_id, redis_url=redis_url)
 
 
+async def _wait_registered(directory: NodeDirectory, node_id: str, timeout: float = 30.0) -> None:
+    """The shim and snapshotter answer gRPC slightly before their node record names them."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                record = await directory.record(node_id)
+                if record.shim_address and record.snapshotter_address:
+                    return
+            except Unavailable:
+                pass
+            await asyncio.sleep(0.05)
+
+
 class Daemon:
     def __init__(self, cfg: DaemonConfig) -> None:
         self.cfg = cfg
@@ -186,6 +200,8 @@ class Daemon:
             host_networks=lambda: host_networks(resolv_conf=cfg.resolv_conf))
         default_bridge = await networks.ensure_predefined()
         await networks.reconcile()
+        if embedded is not None:
+            await _wait_registered(directory, embedded.node_id)
         if embedded is not None:  # the default bridge exists from the start, as docker0 does
             await networks.ensure_on_node(default_bridge, embedded.node_id)
         volumes = VolumeBackend(redis=redis, keys=keys, store=VolumeStore(redis, keys), containers=container_store,

@@ -619,17 +619,26 @@ class Distribution:
         docker = bool(image.layers) and all(layer.media_type in DOCKER_LAYER_TYPES for layer in image.layers)
         descriptors: list[dict[str, Any]] = []
         uploads: dict[str, tuple[int, str]] = {}  # digest → (size, progress id); a blob once
+        pushed: list[str] = []
         for layer in image.layers:
+            digest = layer.digest
             try:
-                info = await self._content.info(layer.digest)
+                info = await self._content.info(digest)
             except BlobNotFound:
-                raise NotFound(f"layer {layer.digest} of image {image.id} is not stored on this host") from None
-            compressed = layer.digest != layer.diff_id  # stored as received: gzip, or the plain tar
+                # A pull skips layers whose chain the host already has (from a load or a build), so
+                # the registry's blob may be absent; the plain tar stored under the diff id will do.
+                try:
+                    info = await self._content.info(layer.diff_id)
+                except BlobNotFound:
+                    raise NotFound(f"layer {layer.digest} of image {image.id} is not stored on this host") from None
+                digest = layer.diff_id
+            compressed = digest != layer.diff_id  # stored as received: gzip, or the plain tar
             media_type = (MT_DOCKER_LAYER_GZIP if compressed else MT_DOCKER_LAYER) if docker else \
                 (MT_OCI_LAYER_GZIP if compressed else MT_OCI_LAYER)
-            descriptors.append({"mediaType": media_type, "size": info.size, "digest": layer.digest})
-            if layer.digest not in uploads:
-                uploads[layer.digest] = (info.size, short_id(layer.diff_id))  # moby names push lines by diff id
+            descriptors.append({"mediaType": media_type, "size": info.size, "digest": digest})
+            pushed.append(digest)
+            if digest not in uploads:
+                uploads[digest] = (info.size, short_id(layer.diff_id))  # moby names push lines by diff id
                 channel.put(Progress(short_id(layer.diff_id), "Preparing"))
         await _all([self._push_blob(client, ref, creds, digest, size, pid, channel)
                     for digest, (size, pid) in uploads.items()]
@@ -640,7 +649,7 @@ class Distribution:
         returned = await client.put_manifest(ref, ref.tag, manifest, media_type, creds)
         if returned != digest:
             raise DigestMismatch(f"registry stored manifest {returned} for {ref.familiar}, expected {digest}")
-        await self._remember(ref, [image.id, *(layer.digest for layer in image.layers)])
+        await self._remember(ref, [image.id, *pushed])
         self._log.info("pushed", id=image.id, manifest=digest, layers=len(image.layers))
         return PushResult(digest=digest, size=len(manifest))
 

@@ -163,8 +163,16 @@ class ImageBackend:
                 await self.store.untag(canonical, record.id)
             results.append({"Untagged": reference.parse(canonical).familiar})
             await self._event("untag", record.id, reference.parse(canonical).familiar)
-            remaining = [t for t in tags if t != canonical] + [d for d in digests if d != canonical]
-            if remaining:
+            remaining_tags = [t for t in tags if t != canonical]
+            remaining_digests = [d for d in digests if d != canonical]
+            if not parsed.digest and not any(reference.parse(t).repository == parsed.repository
+                                             for t in remaining_tags):
+                # moby: once the last tag of a repository goes, its digest references go too
+                for digest_ref in [d for d in remaining_digests if d.startswith(parsed.repository + "@")]:
+                    await self._redis.hdel(self._keys.digests, digest_ref)
+                    results.append({"Untagged": reference.parse(digest_ref).familiar})
+                    remaining_digests.remove(digest_ref)
+            if remaining_tags or remaining_digests:
                 return results
             quiet = True
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import docker as docker_sdk
@@ -85,7 +85,11 @@ def test_run_pulls_a_missing_image(dkr: Docker, loaded: str, plain: Registry, tm
     assert out.returncode == 0, out.stderr
     assert f"Unable to find image '{plain.host}/berth/run:1' locally" in out.stderr
     assert out.stdout == "from the registry\n"
-    dkr("rmi", f"{plain.host}/berth/run:1")
+    removed = dkr("rmi", f"{plain.host}/berth/run:1")
+    # the last tag of the repository takes its digest reference along, and the image goes (moby)
+    assert f"Untagged: {plain.host}/berth/run@sha256:" in removed.stdout
+    assert f"Deleted: {image.id}" in removed.stdout
+    assert dkr("image", "inspect", image.id).returncode == 1
 
 
 def test_pull_errors(dkr: Docker, plain: Registry) -> None:
@@ -190,3 +194,54 @@ def test_docker_py_pull(berthd: Berthd, loaded: str, plain: Registry, dkr: Docke
     finally:
         client.images.remove(f"{plain.host}/berth/sdk:1")
         client.close()
+
+
+def test_push_after_pull_that_reused_a_loaded_layer(dkr: Docker, loaded: str, plain: Registry) -> None:
+    """The pull skips the (gzip) layer blob because the loaded busybox has the same chain; the
+    push must then send the plain tar it has under the diff id."""
+    import asyncio
+    import gzip
+    import hashlib
+
+    import aiohttp
+
+    from registry_client.auth import Credentials
+    from registry_client.client import MEDIA_DOCKER_MANIFEST, RegistryClient
+    from registry_client.reference import parse
+
+    image = busybox.busybox_image()
+
+    def sha(data: bytes) -> str:
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
+    async def push_gzipped() -> None:
+        ref = parse(f"{plain.host}/berth/gz:1")
+        layer = gzip.compress(image.layers[0], mtime=0)
+        config = image.config_json()
+        async with aiohttp.ClientSession() as session:
+            client = RegistryClient(session, insecure=lambda host: True)
+
+            async def chunks(data: bytes) -> AsyncIterator[bytes]:
+                yield data
+
+            for blob in (layer, config):
+                await client.upload_blob(ref, sha(blob), len(blob), chunks(blob), Credentials())
+            manifest = json.dumps({
+                "schemaVersion": 2, "mediaType": MEDIA_DOCKER_MANIFEST,
+                "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": sha(config),
+                           "size": len(config)},
+                "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": sha(layer),
+                            "size": len(layer)}]}).encode()
+            await client.put_manifest(ref, "1", manifest, MEDIA_DOCKER_MANIFEST, Credentials())
+
+    asyncio.run(push_gzipped())
+    pulled = dkr("pull", f"{plain.host}/berth/gz:1")
+    assert pulled.returncode == 0, pulled.stderr
+    assert "Already exists" in pulled.stdout
+    assert dkr("tag", f"{plain.host}/berth/gz:1", f"{plain.host}/berth/gz-copy:1").returncode == 0
+    try:
+        push = dkr("push", f"{plain.host}/berth/gz-copy:1")
+        assert push.returncode == 0, push.stderr
+        assert "1: digest: sha256:" in push.stdout
+    finally:
+        dkr("rmi", f"{plain.host}/berth/gz-copy:1", f"{plain.host}/berth/gz:1")
