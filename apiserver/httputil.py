@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from apiserver import fastjson
 from protos.errors import InvalidArgument
 
 JSON_TYPE = "application/json"
@@ -23,11 +24,17 @@ _FALSE = frozenset({"", "0", "no", "false", "none"})
 
 
 def dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact JSON, non-ASCII as UTF-8."""
+    return fastjson.dumps(value)
 
 
 def json_response(value: Any, status: int = 200) -> web.Response:
-    return web.Response(body=dumps(value) + b"\n", status=status, content_type=JSON_TYPE)
+    return json_body_response(dumps(value) + b"\n", status)
+
+
+def json_body_response(body: bytes, status: int = 200) -> web.Response:
+    """A JSON response whose body is encoded already (ending with a newline, as moby's)."""
+    return web.Response(body=body, status=status, content_type=JSON_TYPE)
 
 
 def error_response(status: int, message: str) -> web.Response:
@@ -103,7 +110,7 @@ async def read_json(request: web.Request, *, required: bool = True, limit: int =
             raise InvalidArgument("bad parameter: request body is empty")
         return None
     try:
-        return json.loads(raw)
+        return fastjson.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"invalid JSON: {exc}") from None
 

@@ -6,12 +6,16 @@ snapshotter writes only its own node's snapshot metadata. All keys live under on
 two Berths (or a test) can share a Redis server without meeting.
 
 Container hash ``ctr:<id>``: ``config`` (JSON, apiserver), ``state`` (JSON of
-``shim.api.ContainerState``, shim), ``node`` (node id). ``ctrs`` is a sorted set of ids scored by
-creation time in ns; ``names`` maps ``name`` (no slash) → id.
+``shim.api.ContainerState``, shim), ``node`` (node id), ``net`` (the shim's network state), and
+``v``, a version stamp (:func:`version_stamp`) that every writer of ``config`` or ``state`` sets
+anew in the same atomic write, so a reader that cached a record knows from ``v`` alone whether it
+is still current. ``ctrs`` is a sorted set of ids scored by creation time in ns; ``names`` maps
+``name`` (no slash) → id.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 
@@ -142,6 +146,12 @@ class Keys:
 
     def snapshot_seq(self, node: str) -> str:
         return f"{self.ns}:snap:{node}:seq"
+
+
+def version_stamp() -> str:
+    """A new value for a container hash's ``v`` field: random, so stamps never repeat across
+    writers, processes or a record removed and created again under the same id."""
+    return os.urandom(8).hex()
 
 
 def text(value: object) -> str:

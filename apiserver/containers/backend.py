@@ -23,9 +23,9 @@ from apiserver.containers import create as create_mod
 from apiserver.containers import prune as prune_mod
 from apiserver.containers import runtime_options, views
 from apiserver.containers.names import generate_name
-from apiserver.containers.store import ContainerRecord, ContainerStore
+from apiserver.containers.store import CachedRecord, ContainerRecord, ContainerStore
 from apiserver.events import Event, EventBus
-from apiserver.httputil import Filters
+from apiserver.httputil import Filters, dumps
 from apiserver.images.store import ImageStore
 from apiserver.networks.backend import NetworkBackend
 from apiserver.nodes import HostServices, NodeDirectory
@@ -236,20 +236,36 @@ class ContainerBackend:
             return rw, rw
 
     async def summaries(self, *, all: bool, limit: int, size: bool, filters: Filters) -> list[dict[str, Any]]:
-        records = await self.store.all()
+        listed = await self._listed(all=all, limit=limit, filters=filters)
         now = time.time_ns()
-        if not all and not filters.get("status") and not filters.get("exited") and limit <= 0:
-            records = [r for r in records if r.running]
-        records = await self._filter(records, filters, all=all or limit > 0)
-        if limit > 0:
-            records = records[:limit]
         out = []
-        for record in records:
+        for cached in listed:
+            record = cached.record()
             item = views.summary_view(record, now)
             if size:
                 item["SizeRw"], item["SizeRootFs"] = await self._sizes(record)
             out.append(item)
         return out
+
+    async def summaries_json(self, *, all: bool, limit: int, size: bool, filters: Filters) -> bytes:
+        """:meth:`summaries` as the JSON body of the response, built from each record's summary
+        encoded once per version of the record (see :func:`views.summary_json`)."""
+        if size:
+            return dumps(await self.summaries(all=all, limit=limit, size=size, filters=filters)) + b"\n"
+        listed = await self._listed(all=all, limit=limit, filters=filters)
+        return views.summaries_body([views.summary_json(c) for c in listed], time.time_ns())
+
+    async def _listed(self, *, all: bool, limit: int, filters: Filters) -> list[CachedRecord]:
+        listed = await self.store.cached()
+        if not all and not filters.get("status") and not filters.get("exited") and limit <= 0:
+            listed = [c for c in listed if views.summary_json(c).running]
+        if filters:
+            records = [c.record() for c in listed]
+            kept = {r.id for r in await self._filter(records, filters, all=all or limit > 0)}
+            listed = [c for c in listed if c.id in kept]
+        if limit > 0:
+            listed = listed[:limit]
+        return listed
 
     async def _filter(self, records: list[ContainerRecord], filters: Filters, *, all: bool) -> list[ContainerRecord]:
         if not filters:

@@ -1,18 +1,24 @@
 """Container records in Redis (see common/keys.py for the layout and who writes what).
 
 Names are reserved with HSETNX so two API servers can never hand out the same name; a record and
-its indexes are written and removed in one MULTI/EXEC.
+its indexes are written and removed in one MULTI/EXEC. Every write of ``config`` sets a new
+``v`` stamp in the same command, as the shim does with ``state``.
+
+Listing keeps the records it read in process (:class:`CachedRecord`), and trusts one only while
+Redis still holds the same ``v`` stamp and ``net`` for it: each list costs one script call that
+returns every id with those two fields, then fetches only the records that changed. Other API
+servers sharing the Redis write their own stamps, so their changes are seen on the next list.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from common.keys import Keys, text
+from apiserver.fastjson import dumps, loads
+from common.keys import Keys, text, version_stamp
 from protos.errors import ContainerNotFound, InvalidArgument, NameConflict
 
 
@@ -39,16 +45,87 @@ class ContainerRecord:
     @property
     def running(self) -> bool:
         """Docker's State.Running: also while paused or waiting to be restarted by its policy."""
-        return self.status in ("running", "paused", "restarting")
+        return self.status in _RUNNING
+
+
+_RUNNING = ("running", "paused", "restarting")
 
 
 def _decode(id: str, raw: Any) -> ContainerRecord | None:
     if b"config" not in raw:
         return None
-    state = json.loads(raw[b"state"]) if b"state" in raw else {}
-    net = json.loads(raw[b"net"]) if b"net" in raw else {}
-    return ContainerRecord(id=id, config=json.loads(raw[b"config"]), state=state,
+    state = loads(raw[b"state"]) if b"state" in raw else {}
+    net = loads(raw[b"net"]) if b"net" in raw else {}
+    return ContainerRecord(id=id, config=loads(raw[b"config"]), state=state,
                            node=raw.get(b"node", b"").decode(), net=net)
+
+
+@dataclass(slots=True, eq=False)
+class CachedRecord:
+    """A container hash as one read saw it, kept raw (compact) and decoded on demand.
+
+    ``version`` is its ``v`` stamp (b"" for a record written before stamps existed: never kept).
+    ``derived`` is for what a reader computes from this version of the record (the list's summary
+    JSON): it goes with it."""
+
+    id: str
+    version: bytes
+    node: str
+    config: bytes
+    state: bytes | None
+    net: bytes | None
+    running: bool  # ContainerRecord.running
+    derived: Any = None
+
+    def record(self) -> ContainerRecord:
+        """A new :class:`ContainerRecord` (the caller may change it)."""
+        return ContainerRecord(id=self.id, config=loads(self.config),
+                               state=loads(self.state) if self.state is not None else {},
+                               node=self.node, net=loads(self.net) if self.net is not None else {})
+
+
+# Field values travel joined by NUL, which valid JSON text, hex ids and stamps never contain.
+_SEP = b"\0"
+_UNREAD = b"?"  # in place of a ``net`` the list script did not read (not JSON, so never a value)
+
+# Every container, newest first: how many, then the id, ``v`` stamp and ``net`` ("" when absent)
+# of each. ``net`` is written by the shim without a stamp, so the caller compares it too, but only
+# where it matters: ARGV[2] is "*" for every one, else ARGV[3…] are the ids whose ``net`` to read.
+_LIST_STAMPS = """
+local ids = redis.call('ZREVRANGE', KEYS[1], 0, -1)
+local every = ARGV[2] == '*'
+local wanted = {}
+for i = 3, #ARGV do
+  wanted[ARGV[i]] = true
+end
+local out = {}
+for i, id in ipairs(ids) do
+  out[#out + 1] = id
+  if every or wanted[id] then
+    local fields = redis.call('HMGET', ARGV[1] .. id, 'v', 'net')
+    out[#out + 1] = fields[1] or ''
+    out[#out + 1] = fields[2] or ''
+  else
+    out[#out + 1] = redis.call('HGET', ARGV[1] .. id, 'v') or ''
+    out[#out + 1] = '?'
+  end
+end
+return {#ids, table.concat(out, '\\0')}
+"""
+
+_FIELDS = ("v", "node", "config", "state", "net")
+
+# The records in KEYS: for each, the fields above, "" when absent (a removed record has no config).
+_FETCH = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local fields = redis.call('HMGET', key, 'v', 'node', 'config', 'state', 'net')
+  for j = 1, 5 do
+    out[#out + 1] = fields[j] or ''
+  end
+end
+return table.concat(out, '\\0')
+"""
 
 
 _RELEASE_NAME = """
@@ -63,6 +140,9 @@ class ContainerStore:
     def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
+        self._list_stamps = redis.register_script(_LIST_STAMPS)
+        self._fetch = redis.register_script(_FETCH)
+        self._cache: dict[bytes, CachedRecord] = {}  # id → the record the last list read
 
     async def reserve_name(self, name: str, id: str) -> None:
         if not await self._redis.hsetnx(self._keys.names, name, id):
@@ -78,13 +158,14 @@ class ContainerStore:
     async def put(self, record: ContainerRecord, created_ns: int) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(self._keys.container(record.id),
-                      mapping={"config": json.dumps(record.config), "node": record.node})
+                      mapping={"config": dumps(record.config), "node": record.node, "v": version_stamp()})
             pipe.zadd(self._keys.containers, {record.id: created_ns})
             pipe.zadd(self._keys.containers_lex, {record.id: 0})
             await pipe.execute()
 
     async def save_config(self, record: ContainerRecord) -> None:
-        await self._redis.hset(self._keys.container(record.id), "config", json.dumps(record.config))
+        await self._redis.hset(self._keys.container(record.id),
+                               mapping={"config": dumps(record.config), "v": version_stamp()})
 
     async def rename(self, id: str, new_name: str) -> ContainerRecord:
         """Move the container to ``new_name`` in the name index and its record in one
@@ -108,7 +189,7 @@ class ContainerStore:
                     pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.hset(self._keys.names, new_name, id)
                     pipe.hdel(self._keys.names, old_name)
-                    pipe.hset(key, "config", json.dumps(record.config))
+                    pipe.hset(key, mapping={"config": dumps(record.config), "v": version_stamp()})
                     await pipe.execute()
                     return record
                 except aioredis.WatchError:
@@ -126,7 +207,7 @@ class ContainerStore:
                         raise ContainerNotFound(f"No such container: {id}")
                     record.config["HostConfig"] = host_config
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.hset(key, "config", json.dumps(record.config))
+                    pipe.hset(key, mapping={"config": dumps(record.config), "v": version_stamp()})
                     await pipe.execute()
                     return record
                 except aioredis.WatchError:
@@ -160,14 +241,64 @@ class ContainerStore:
 
     async def all(self) -> list[ContainerRecord]:
         """Every container, newest first."""
-        ids = [text(i) for i in await self._redis.zrevrange(self._keys.containers, 0, -1)]
-        if not ids:
-            return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for id in ids:
-                pipe.hgetall(self._keys.container(id))
-            raws = await pipe.execute()
-        return [r for id, raw in zip(ids, raws, strict=True) if (r := _decode(id, raw)) is not None]
+        return [c.record() for c in await self.cached(net=True)]
+
+    async def cached(self, *, net: bool = False) -> list[CachedRecord]:
+        """Every container, newest first, as :class:`CachedRecord` (shared with other callers:
+        read them, don't change them). Records unchanged since the last call are not read again.
+
+        ``net`` is current for the containers that run (the only ones whose ports a list shows),
+        and for all of them with ``net=True``."""
+        cache = self._cache
+        args: list[str | bytes] = [self._keys.container(""), "*" if net else ""]
+        if not net:
+            args += [id for id, c in cache.items() if c.running]
+        count, joined = await self._list_stamps(keys=[self._keys.containers], args=args)
+        parts = joined.split(_SEP) if count else []
+        if len(parts) != 3 * count:  # not in the expected shape: read everything
+            ids = await self._redis.zrevrange(self._keys.containers, 0, -1)
+            parts = [p for id in ids for p in (id, b"", b"")]
+        kept: dict[bytes, CachedRecord] = {}  # the next cache: removed containers go
+        found: list[CachedRecord | None] = []
+        stale: list[tuple[int, bytes]] = []
+        for i in range(0, len(parts), 3):
+            id, version, net_now = parts[i], parts[i + 1], parts[i + 2]
+            hit = cache.get(id)
+            if hit is not None and version and hit.version == version and (
+                    net_now == _UNREAD or net_now == (hit.net or b"")):
+                found.append(hit)
+                kept[id] = hit
+            else:
+                stale.append((len(found), id))
+                found.append(None)
+        if stale:
+            for (index, id), record in zip(stale, await self._read([id for _, id in stale]), strict=True):
+                found[index] = record
+                if record is not None and record.version:
+                    kept[id] = record
+        self._cache = kept
+        return [c for c in found if c is not None]
+
+    async def _read(self, ids: list[bytes]) -> list[CachedRecord | None]:
+        reply = await self._fetch(keys=[self._keys.container(text(id)) for id in ids])
+        parts = reply.split(_SEP) if reply else []
+        width = len(_FIELDS)
+        if len(parts) != width * len(ids):  # not in the expected shape: read field by field
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for id in ids:
+                    pipe.hmget(self._keys.container(text(id)), *_FIELDS)
+                rows = await pipe.execute()
+            parts = [value or b"" for row in rows for value in row]
+        out: list[CachedRecord | None] = []
+        for n, id in enumerate(ids):
+            version, node, config, state, net = parts[n * width:(n + 1) * width]
+            if not config:
+                out.append(None)
+                continue
+            status = loads(state).get("status", "created") if state else "created"
+            out.append(CachedRecord(id=id.decode(), version=version, node=node.decode(), config=config,
+                                    state=state or None, net=net or None, running=status in _RUNNING))
+        return out
 
     async def delete(self, record: ContainerRecord) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from apiserver.containers.store import ContainerRecord
+from apiserver.containers.store import CachedRecord, ContainerRecord
+from apiserver.fastjson import dumps
 from apiserver.networks import views as network_views
 from apiserver.volumes import mounts as volume_mounts
 
@@ -73,9 +76,11 @@ def docker_status(record: ContainerRecord) -> str:
 
 
 def status_string(record: ContainerRecord, now_ns: int | None = None) -> str:
-    now = time.time_ns() if now_ns is None else now_ns
-    state = record.state
-    status = docker_status(record)
+    return status_text(docker_status(record), record.state, time.time_ns() if now_ns is None else now_ns)
+
+
+def status_text(status: str, state: Mapping[str, Any], now: int) -> str:
+    """``docker ps``'s STATUS of a container in Docker ``status`` with shim ``state`` at ``now``."""
     if status == "restarting":
         ago = human_duration((now - int(state.get("finished_at_ns", 0))) / 1e9)
         return f"Restarting ({state.get('exit_code', 0)}) {ago} ago"
@@ -173,6 +178,11 @@ def command_string(record: ContainerRecord) -> str:
 
 
 def summary_view(record: ContainerRecord, now_ns: int | None = None) -> dict[str, Any]:
+    return {**_summary_head(record), "Status": status_string(record, now_ns), **_summary_tail(record)}
+
+
+def _summary_head(record: ContainerRecord) -> dict[str, Any]:
+    """``ContainerSummary`` up to ``Status``, which changes with the time alone."""
     cfg = record.config
     return {
         "Id": record.id,
@@ -184,8 +194,61 @@ def summary_view(record: ContainerRecord, now_ns: int | None = None) -> dict[str
         "Ports": network_views.port_list(record),
         "Labels": cfg["Config"].get("Labels") or {},
         "State": docker_status(record),
-        "Status": status_string(record, now_ns),
+    }
+
+
+def _summary_tail(record: ContainerRecord) -> dict[str, Any]:
+    """``ContainerSummary`` after ``Status``."""
+    cfg = record.config
+    return {
         "HostConfig": {"NetworkMode": cfg["HostConfig"].get("NetworkMode", "bridge")},
         "NetworkSettings": {"Networks": network_views.networks(record)},
         "Mounts": mount_views(record),
     }
+
+
+_STATUS_INPUTS = ("finished_at_ns", "started_at_ns", "exit_code", "health")
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryJSON:
+    """A container's ``ContainerSummary``, encoded once per version of its record: ``head`` and
+    ``tail`` are the JSON before and after the value of ``Status``, which is spliced in per list
+    (``fixed`` holds the whole object when ``Status`` does not depend on the time)."""
+
+    running: bool
+    status: str  # State.Status
+    state: dict[str, Any]  # what status_text reads of the shim's state
+    head: bytes
+    tail: bytes
+    fixed: bytes | None
+
+    def encode(self, now: int) -> bytes:
+        if self.fixed is not None:
+            return self.fixed
+        return self.head + dumps(status_text(self.status, self.state, now)) + self.tail
+
+
+def summary_json(cached: CachedRecord) -> SummaryJSON:
+    """The :class:`SummaryJSON` of ``cached``, computed once and kept with it."""
+    derived = cached.derived
+    if isinstance(derived, SummaryJSON):
+        return derived
+    record = cached.record()
+    status = docker_status(record)
+    head = dumps(_summary_head(record))[:-1] + b',"Status":'
+    tail = b"," + dumps(_summary_tail(record))[1:]
+    fixed = None
+    if status in ("created", "dead", "removing"):  # no time in their Status
+        fixed = head + dumps(status_text(status, record.state, 0)) + tail
+    state = {k: record.state[k] for k in _STATUS_INPUTS if k in record.state}
+    if isinstance(state.get("health"), dict):  # its status, not the log of probes
+        state["health"] = {"status": state["health"].get("status")}
+    derived = SummaryJSON(running=record.running, status=status, state=state, head=head, tail=tail, fixed=fixed)
+    cached.derived = derived
+    return derived
+
+
+def summaries_body(items: list[SummaryJSON], now_ns: int) -> bytes:
+    """The JSON array of ``items`` as :func:`apiserver.httputil.json_response` writes it."""
+    return b"[" + b",".join([item.encode(now_ns) for item in items]) + b"]\n"

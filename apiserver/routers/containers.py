@@ -26,6 +26,7 @@ from apiserver.httputil import (
     bool_value,
     dumps,
     int_value,
+    json_body_response,
     json_response,
     parse_filters,
     read_json,
@@ -59,10 +60,10 @@ async def post_containers_create(request: web.Request) -> web.StreamResponse:
 
 async def get_containers_json(request: web.Request) -> web.StreamResponse:
     filters = parse_filters(request.query.get("filters"), LIST_FILTERS)
-    items = await _backend(request).summaries(
+    body = await _backend(request).summaries_json(
         all=bool_value(request, "all"), limit=int_value(request, "limit", -1),
         size=bool_value(request, "size"), filters=filters)
-    return json_response(items)
+    return json_body_response(body)
 
 
 async def get_container_json(request: web.Request) -> web.StreamResponse:
