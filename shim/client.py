@@ -27,6 +27,7 @@ from shim.api import (
     ContainerStats,
     ExecSpec,
     ExecState,
+    LogBatch,
     LogEntry,
     LogsOptions,
     Output,
@@ -139,8 +140,18 @@ class RemoteRuntime:
         call = self._stub.Logs(convert.logs_request(id, options))
         try:
             async for reply in stream_errors(call):
-                for entry in reply.entries:
-                    yield convert.log_entry_from_proto(entry)
+                for entry in convert.log_batch_from_proto(reply).entries():
+                    yield entry
+        finally:
+            call.cancel()
+
+    async def log_batches(self, id: str, options: LogsOptions) -> AsyncIterator[LogBatch]:
+        call = self._stub.Logs(convert.logs_request(id, options))
+        try:
+            async for reply in stream_errors(call):
+                batch = convert.log_batch_from_proto(reply)
+                if batch:
+                    yield batch
         finally:
             call.cancel()
 

@@ -21,6 +21,7 @@ from shim.api import (
     Healthcheck,
     HealthLogEntry,
     HealthStatus,
+    LogBatch,
     LogEntry,
     LogsOptions,
     NamespaceMode,
@@ -290,6 +291,16 @@ def log_entry_to_proto(e: LogEntry) -> pb.LogEntry:
 
 def log_entry_from_proto(e: pb.LogEntry) -> LogEntry:
     return LogEntry(stream=Stream(e.stream), time_ns=e.time_ns, data=e.data, partial=e.partial)
+
+
+def log_batch_to_proto(b: LogBatch) -> pb.LogsResponse:
+    return pb.LogsResponse(streams=b.streams, times_ns=b.times_ns, ends=b.ends, data=b.data)
+
+
+def log_batch_from_proto(r: pb.LogsResponse) -> LogBatch:
+    if r.entries:  # a shim that sends entries one by one
+        return LogBatch.of(log_entry_from_proto(e) for e in r.entries)
+    return LogBatch(streams=r.streams, times_ns=tuple(r.times_ns), data=r.data, ends=tuple(r.ends))
 
 
 def exec_request(id: str, spec: ExecSpec) -> pb.ExecRequest:

@@ -9,11 +9,14 @@ is what is left at end of stream. The pieces of one long line share the first pi
 from __future__ import annotations
 
 import calendar
+import itertools
 import json
+import operator
 import os
+import re
 import time
 
-from shim.api import LogEntry, Stream
+from shim.api import LogBatch, LogEntry, Stream
 
 # moby's copier buffer: a line longer than this is split into partial messages.
 MAX_LINE = 16 * 1024
@@ -117,12 +120,12 @@ class LineSplitter:
 
 # Reading ---------------------------------------------------------------------------------------
 
-_SECONDS: dict[str, int] = {}
+_SECONDS: dict[str | bytes, int] = {}
 
 
-def parse_time(text: str) -> int:
-    """Unix ns of an RFC3339(Nano) timestamp (Docker writes UTC, ``Z``; offsets are honoured)."""
-    base = text[:19]
+def _seconds(base: str | bytes) -> int:
+    """Unix seconds of ``YYYY-MM-DDTHH:MM:SS`` (str or ASCII bytes), cached: a log's lines
+    share few distinct seconds."""
     seconds = _SECONDS.get(base)
     if seconds is None:
         seconds = calendar.timegm((int(base[0:4]), int(base[5:7]), int(base[8:10]),
@@ -130,6 +133,12 @@ def parse_time(text: str) -> int:
         if len(_SECONDS) > 4096:
             _SECONDS.clear()
         _SECONDS[base] = seconds
+    return seconds
+
+
+def parse_time(text: str) -> int:
+    """Unix ns of an RFC3339(Nano) timestamp (Docker writes UTC, ``Z``; offsets are honoured)."""
+    seconds = _seconds(text[:19])
     rest = text[19:]
     frac = 0
     if rest.startswith("."):
@@ -154,6 +163,76 @@ def parse_line(raw: bytes) -> LogEntry | None:
     except (ValueError, KeyError, TypeError, IndexError):
         return None
     return LogEntry(stream=stream, time_ns=time_ns, data=text.encode(), partial=not text.endswith("\n"))
+
+
+# The shape every line written by LineSplitter has (Go's encoder, Docker's key order): a JSON
+# string for "log" (no raw control characters, escapes kept for later), the stream, and a UTC
+# time with up to 9 fraction digits. Lines of any other shape take parse_line's way.
+_LINE = re.compile(rb'\{"log":"([^"\\\x00-\x1f]*(?:\\.[^"\\\x00-\x1f]*)*)","stream":"std(o|e)(?:ut|rr)",'
+                   rb'"time":"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z"\}\n')
+# Bytes of a match besides the log text and the fraction digits (and its dot).
+_LINE_FIXED = len(b'{"log":"' b'","stream":"stdout",' b'"time":"' b'2006-01-02T15:04:05' b'Z"}\n')
+_NS = 1_000_000_000
+_STREAM_BYTES = bytes.maketrans(b"oe", bytes((Stream.STDOUT, Stream.STDERR)))
+_first = operator.itemgetter(0)
+_second = operator.itemgetter(1)
+_third = operator.itemgetter(2)
+_fourth = operator.itemgetter(3)
+
+
+def parse_lines(data: bytes) -> LogBatch:
+    """The entries of complete json-file lines (``data`` ends with a newline), as
+    :func:`parse_line` reads each: lines that are not entries are skipped."""
+    batch = _parse_common(data)
+    if batch is None:
+        batch = LogBatch.of(e for e in map(parse_line, data.split(b"\n")[:-1]) if e is not None)
+    return batch
+
+
+def _parse_common(data: bytes) -> LogBatch | None:
+    """Every line of ``data`` in the shape this module writes, in bulk; ``None`` if any line is
+    not (the caller then reads line by line). The regular expression, the byte count and the
+    UTF-8 check together accept exactly what ``json.loads`` reads as such a line."""
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return None
+    found = _LINE.findall(data)
+    if not found or len(found) != data.count(b"\n"):
+        return None
+    texts: list[bytes] = list(map(_first, found))
+    fractions: list[bytes] = list(map(_fourth, found))
+    # The matches cover every byte, so each line is one match from its start to its newline.
+    covered = (len(found) * _LINE_FIXED + sum(map(len, texts)) + sum(map(len, fractions))
+               + len(found) - fractions.count(b""))
+    if covered != len(data):
+        return None
+    bases = list(map(_third, found))
+    base_ns = {base: _seconds(base) * _NS for base in set(bases)}
+    nanos = map(int, map(bytes.ljust, fractions, itertools.repeat(9), itertools.repeat(b"0")))
+    times = tuple(map(operator.add, map(base_ns.__getitem__, bases), nanos))
+    streams = b"".join(map(_second, found)).translate(_STREAM_BYTES)
+    joined = b"".join(texts)
+    if joined.count(b"\\") == joined.count(b"\\n"):  # the only escapes are the newlines
+        lengths = map(operator.sub, map(len, texts), map(bytes.count, texts, itertools.repeat(b"\\")))
+        return LogBatch(streams=streams, times_ns=times, data=joined.replace(b"\\n", b"\n"),
+                        ends=tuple(itertools.accumulate(lengths)))
+    try:
+        pieces = [_unescape(t) for t in texts]
+    except ValueError:  # an escape JSON does not know: parse_line skips that line
+        return None
+    return LogBatch(streams=streams, times_ns=times, data=b"".join(pieces),
+                    ends=tuple(itertools.accumulate(map(len, pieces))))
+
+
+def _unescape(text: bytes) -> bytes:
+    """The bytes a JSON string's body (valid, as matched by ``_LINE``) stands for."""
+    if b"\\" not in text:
+        return text
+    if text.endswith(b"\\n") and b"\\" not in text[:-2]:
+        return text[:-2] + b"\n"
+    decoded: str = json.loads(b'"' + text + b'"')
+    return decoded.encode()
 
 
 def tail_offset(fd: int, lines: int, size: int | None = None) -> int:
@@ -198,14 +277,21 @@ class LogFileReader:
         self.offset = tail_offset(self.fd, lines)
 
     def read(self, limit: int = 1 << 20) -> list[LogEntry]:
+        batch = self.read_batch(limit)
+        return list(batch.entries()) if batch is not None else []
+
+    def read_batch(self, limit: int = 1 << 20) -> LogBatch | None:
+        """The entries of the complete lines from the offset on (up to ``limit`` bytes);
+        ``None`` when there is nothing new (the batch may be empty when lines were skipped)."""
         data = os.pread(self.fd, limit, self.offset)
         end = data.rfind(b"\n") + 1
         if not end:
             if len(data) == limit:  # one absurdly long line: skip it rather than stall
                 self.offset += len(data)
-            return []
+                return LogBatch()
+            return None
         self.offset += end
-        return [e for e in map(parse_line, data[:end].split(b"\n")[:-1]) if e is not None]
+        return parse_lines(data[:end] if end < len(data) else data)
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from shim.api import (
     EventType,
     ExecSpec,
     ExecState,
+    LogBatch,
     LogEntry,
     LogsOptions,
     Output,
@@ -354,6 +356,12 @@ class LinuxRuntime:
             await stream.close()
 
     async def logs(self, id: str, options: LogsOptions) -> AsyncIterator[LogEntry]:
+        async with contextlib.aclosing(self.log_batches(id, options)) as batches:
+            async for batch in batches:
+                for entry in batch.entries():
+                    yield entry
+
+    async def log_batches(self, id: str, options: LogsOptions) -> AsyncGenerator[LogBatch, None]:
         state = self._state(id)
         wake = asyncio.Event()
         followers = self._followers.setdefault(id, set())
@@ -373,16 +381,13 @@ class LinuxRuntime:
                 while True:
                     wake.clear()
                     running = self._states.get(id, state).status == Status.RUNNING
-                    entries = await asyncio.to_thread(reader.read)
-                    for entry in entries:
-                        if options.until_ns and entry.time_ns > options.until_ns:
+                    batch = await asyncio.to_thread(reader.read_batch)
+                    if batch is not None:
+                        selected, past_until = select_entries(batch, options)
+                        if selected:
+                            yield selected
+                        if past_until:
                             return
-                        if entry.time_ns < options.since_ns:
-                            continue
-                        if (entry.stream == Stream.STDOUT and options.stdout) or \
-                                (entry.stream == Stream.STDERR and options.stderr):
-                            yield entry
-                    if entries:
                         continue
                     # At the end of the file. The supervisor writes every line before it reports the
                     # exit, so once the container was seen stopped, this read was the last.
@@ -496,6 +501,25 @@ class LinuxRuntime:
         stops them all first). Returns whether it is exiting."""
         result = await self._ctl().request("shutdown", force=force)
         return bool(result["exiting"])
+
+
+def select_entries(batch: LogBatch, options: LogsOptions) -> tuple[LogBatch, bool]:
+    """The entries of ``batch`` that ``options`` asks for (streams, ``since``), up to the first
+    one after ``until``; and whether there was one (the read ends there)."""
+    times = batch.times_ns
+    count = len(times)
+    stop = count
+    if options.until_ns:
+        stop = next((i for i, t in enumerate(times) if t > options.until_ns), count)
+    wanted = {s for s, on in ((Stream.STDOUT, options.stdout), (Stream.STDERR, options.stderr)) if on}
+    every_stream = all(s in wanted for s in set(batch.streams))
+    if stop == count and every_stream and (not options.since_ns or min(times, default=0) >= options.since_ns):
+        return batch, False
+    data, ends = batch.data, batch.ends
+    keep = [i for i in range(stop) if times[i] >= options.since_ns and batch.streams[i] in wanted]
+    pieces = [data[ends[i - 1] if i else 0:ends[i]] for i in keep]
+    return LogBatch(streams=bytes(batch.streams[i] for i in keep), times_ns=tuple(times[i] for i in keep),
+                    data=b"".join(pieces), ends=tuple(itertools.accumulate(map(len, pieces)))), stop < count
 
 
 async def _nothing() -> AsyncIterator[Output]:

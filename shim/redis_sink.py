@@ -1,8 +1,9 @@
 """``RedisStateSink``: the shim's runtime state and Docker events, written to Redis.
 
 The container hash (``keys.container(id)``) belongs to the apiserver, which creates it; the shim
-only sets its ``state`` field, and only while the hash exists (one Lua call, so a container
-removed meanwhile is never resurrected by a late write). Transitions become Docker events in the
+only sets its ``state`` field (with a new ``v`` stamp, which tells API servers that cached the
+record to read it again), and only while the hash exists (one Lua call, so a container removed
+meanwhile is never resurrected by a late write). Transitions become Docker events in the
 shared stream: ``start``, ``die`` (``exitCode``, ``execDuration``) and ``oom``, with the actor
 attributes dockerd gives them (``name``, ``image`` and the container's labels).
 """
@@ -18,37 +19,48 @@ import redis.asyncio as aioredis
 import structlog
 
 from common.events import append_event
-from common.keys import Keys, text
+from common.keys import Keys, text, version_stamp
 from shim.api import ContainerState, EventType, ExecState, TaskEvent
 
 log = structlog.get_logger()
 
-# Set ``state`` if the hash exists; return its ``config`` ("" when absent), or false if no hash.
+# Set ``state`` (ARGV[1]) with a new ``v`` stamp (ARGV[2]) if the hash exists and the state
+# changed; return its ``config`` ("" when absent), or false if no hash.
 _SET_STATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return false
 end
-redis.call('HSET', KEYS[1], 'state', ARGV[1])
-local config = redis.call('HGET', KEYS[1], 'config')
-if config then
-  return config
+if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then
+  redis.call('HSET', KEYS[1], 'state', ARGV[1], 'v', ARGV[2])
 end
-return ''
+return redis.call('HGET', KEYS[1], 'config') or ''
 """
 
 _ACTIONS = {EventType.START: "start", EventType.EXIT: "die", EventType.OOM: "oom", EventType.PAUSE: "pause",
             EventType.RESUME: "unpause"}
 
-# Set an exec's ``state`` if its hash exists (a container removal may have dropped it).
+# An exec's transition in one call. The container's state as _SET_STATE (KEYS[1], ARGV[1], ARGV[2]);
+# then, unless the container is gone, the exec's ``state`` (ARGV[3]) if its hash KEYS[2] exists (a
+# container removal may have dropped it); once it exited (ARGV[4], the record's time to live in
+# seconds, is not ""), the record's expiry and the exec's (ARGV[5]) removal from the container's
+# set KEYS[3]. Returns what _SET_STATE returns.
 _SET_EXEC_STATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
+  return false
 end
-redis.call('HSET', KEYS[1], 'state', ARGV[1])
-if ARGV[2] ~= '' then
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then
+  redis.call('HSET', KEYS[1], 'state', ARGV[1], 'v', ARGV[2])
 end
-return 1
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('HSET', KEYS[2], 'state', ARGV[3])
+  if ARGV[4] ~= '' then
+    redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
+  end
+end
+if ARGV[4] ~= '' then
+  redis.call('SREM', KEYS[3], ARGV[5])
+end
+return redis.call('HGET', KEYS[1], 'config') or ''
 """
 # An exec's record outlives its exit this long (moby forgets exited execs after 5-10 minutes).
 EXEC_RECORD_TTL = 600
@@ -93,15 +105,16 @@ class RedisStateSink:
         if event.type is EventType.DELETE:
             return  # the apiserver removes the record and reports "destroy"
         state = event.state
-        config = await self._set_state(keys=[self._keys.container(state.id)], args=[state_json(state)])
+        run = event.exec
+        if event.type in (EventType.EXEC_START, EventType.EXEC_EXIT) and run is not None:
+            await self._record_exec(event.type, state, run)
+            return
+        config = await self._set_state(keys=[self._keys.container(state.id)],
+                                       args=[state_json(state), version_stamp()])
         if config is None:
             log.debug("state_for_unknown_container", container=state.id[:12])
             return
         attributes = actor_attributes(config)
-        run = event.exec
-        if event.type in (EventType.EXEC_START, EventType.EXEC_EXIT) and run is not None:
-            await self._record_exec(event.type, run, attributes)
-            return
         if event.type in (EventType.HEALTH_CHECK, EventType.HEALTH_STATUS):
             await self._record_probe(event, attributes)
             return
@@ -115,14 +128,21 @@ class RedisStateSink:
             await self._forget_unstarted_execs(state.id)
         await append_event(self._redis, self._keys, "container", _ACTIONS[event.type], state.id, attributes)
 
-    async def _record_exec(self, type: EventType, run: ExecState, attributes: dict[str, str]) -> None:
+    async def _record_exec(self, type: EventType, state: ContainerState, run: ExecState) -> None:
+        """The container's state, the exec's and, once it exited, its ``exec_die`` event: one
+        script call, and the event's append."""
         exited = type is EventType.EXEC_EXIT
-        await self._set_exec_state(keys=[self._keys.exec(run.exec_id)],
-                                   args=[exec_state_json(run), str(EXEC_RECORD_TTL) if exited else ""])
+        keys = [self._keys.container(state.id), self._keys.exec(run.exec_id),
+                self._keys.container_execs(run.container_id)]
+        config = await self._set_exec_state(
+            keys=keys, args=[state_json(state), version_stamp(), exec_state_json(run),
+                             str(EXEC_RECORD_TTL) if exited else "", run.exec_id])
+        if config is None:
+            log.debug("state_for_unknown_container", container=state.id[:12])
+            return
         if exited:
-            await self._redis.srem(self._keys.container_execs(run.container_id), run.exec_id)
             await append_event(self._redis, self._keys, "container", "exec_die", run.container_id,
-                               {**attributes, "execID": run.exec_id, "exitCode": str(run.exit_code)})
+                               {**actor_attributes(config), "execID": run.exec_id, "exitCode": str(run.exit_code)})
 
     async def _record_probe(self, event: TaskEvent, attributes: dict[str, str]) -> None:
         """A health probe is an exec to Docker: exec_create, exec_start and exec_die events, then
@@ -162,5 +182,6 @@ class RedisStateSink:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for state in states:
-                await self._set_state(keys=[self._keys.container(state.id)], args=[state_json(state)], client=pipe)
+                await self._set_state(keys=[self._keys.container(state.id)], args=[state_json(state), version_stamp()],
+                                      client=pipe)
             await pipe.execute()

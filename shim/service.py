@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
@@ -15,11 +14,6 @@ from protos.shim.v1 import shim_pb2 as pb
 from protos.shim.v1 import shim_pb2_grpc
 from shim import convert
 from shim.api import AttachInput, Runtime
-
-T = TypeVar("T")
-
-# Log entries travel in batches: one message per burst, at most this many entries.
-LOG_BATCH = 2000
 
 
 @maps_errors
@@ -72,9 +66,12 @@ class TasksServicer(shim_pb2_grpc.TasksServicer):
             await _aclose(outputs)
 
     async def Logs(self, request: pb.LogsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LogsResponse]:
-        entries = self._runtime.logs(request.id, convert.logs_options_from_request(request))
-        async for batch in _batches(entries, LOG_BATCH):
-            yield pb.LogsResponse(entries=[convert.log_entry_to_proto(e) for e in batch])
+        batches = self._runtime.log_batches(request.id, convert.logs_options_from_request(request))
+        try:
+            async for batch in batches:
+                yield convert.log_batch_to_proto(batch)
+        finally:
+            await _aclose(batches)
 
     async def ResizePty(self, request: pb.ResizePtyRequest, context: grpc.aio.ServicerContext) -> pb.ResizePtyResponse:
         await self._runtime.resize(request.id, request.height, request.width)
@@ -153,50 +150,3 @@ async def _aclose(iterator: AsyncIterator[Any]) -> None:
     if aclose is not None:
         with contextlib.suppress(Exception):
             await aclose()
-
-
-async def _batches(items: AsyncIterator[T], limit: int) -> AsyncIterator[list[T]]:
-    """Whatever ``items`` has ready, in lists of at most ``limit``: a burst becomes one message,
-    a trickle (``follow``) is not held back waiting for more."""
-    buffer: list[T] = []
-    ready = asyncio.Event()
-    room = asyncio.Event()
-    room.set()
-    finished = False
-    failure: BaseException | None = None
-
-    async def pump() -> None:
-        nonlocal finished, failure
-        try:
-            async for item in items:
-                buffer.append(item)
-                ready.set()
-                if len(buffer) >= limit:
-                    room.clear()
-                    await room.wait()
-        except Exception as exc:  # handed to the consumer, which raises it in its own task
-            failure = exc
-        finally:
-            finished = True
-            ready.set()
-            await _aclose(items)
-
-    task = asyncio.get_running_loop().create_task(pump())
-    try:
-        while True:
-            if not buffer:
-                if finished:
-                    if failure is not None:
-                        raise failure
-                    return
-                await ready.wait()
-                ready.clear()
-                continue
-            batch = buffer[:limit]
-            del buffer[:limit]
-            room.set()
-            yield batch
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -59,6 +59,11 @@ class SupervisorPaths:
     def containers(self) -> Path:
         return self.root / "containers"
 
+    @property
+    def removed(self) -> Path:
+        """Directories of deleted containers, moved here to be emptied after the reply."""
+        return self.root / "containers.removed"
+
 
 class Kind(enum.IntEnum):
     STDIN = 0

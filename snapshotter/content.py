@@ -43,6 +43,7 @@ from snapshotter.api import BlobInfo, ContentStore
 from snapshotter.streams import CHUNK, open_file, run_blocking, uncancellable
 
 MAX_LABELS_BYTES = 64 * 1024
+LABEL_CACHE_ENTRIES = 4096  # a few hundred bytes each
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -193,6 +194,10 @@ class LocalContentStore:
         self._ingest = self._root / "ingest"
         self._labels = self._root / "labels"
         self._labels_lock = asyncio.Lock()
+        # Labels as last read or written, by digest. This process owns the store (blobs and their
+        # labels go only through it), so an entry is true until delete() drops it.
+        self._label_cache: dict[str, dict[str, str]] = {}
+        self._deletions = 0  # what was read before a deletion is not cached after it
         self._log = structlog.get_logger().bind(component="content")
 
     @classmethod
@@ -297,6 +302,8 @@ class LocalContentStore:
 
     async def delete(self, digest: str) -> None:
         path = self.path(digest)
+        self._label_cache.pop(digest, None)
+        self._deletions += 1
         try:
             await asyncio.to_thread(os.unlink, path)
         except FileNotFoundError:
@@ -308,32 +315,57 @@ class LocalContentStore:
     # labels
     async def labels(self, digest: str) -> dict[str, str]:
         """The labels of a stored blob (``BlobNotFound`` if it is not stored)."""
-        await self.info(digest)
+        cached = self._label_cache.get(digest)
+        if cached is not None:
+            return dict(cached)
+        blob, target = self.path(digest), self._labels / check_digest(digest)
+        deletions = self._deletions
+
+        def read() -> bytes | None:
+            try:
+                return target.read_bytes()
+            except FileNotFoundError:
+                pass
+            os.stat(blob)  # no labels: is there a blob at all?
+            return None
+
         try:
-            raw = await asyncio.to_thread((self._labels / check_digest(digest)).read_bytes)
+            raw = await asyncio.to_thread(read)
         except FileNotFoundError:
-            return {}
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            return {}  # a torn file of an older crash: labels are hints, start over
-        return {str(k): str(v) for k, v in doc.items()} if isinstance(doc, dict) else {}
+            raise BlobNotFound(f"content digest {digest}: not found") from None
+        labels = _parse_labels(raw) if raw is not None else {}
+        self._remember_labels(digest, labels, deletions)
+        return dict(labels)
 
     async def update_labels(self, digest: str, changes: Mapping[str, str]) -> dict[str, str]:
-        """Set labels of a stored blob (an empty value removes the label); returns them all."""
+        """Set labels of a stored blob (an empty value removes the label); returns them all.
+        Nothing is written when they are already so."""
         async with self._labels_lock:  # read-modify-write; this process owns the store
-            labels = await self.labels(digest)
+            before = await self.labels(digest)
+            labels = dict(before)
             for key, value in changes.items():
                 if value:
                     labels[key] = value
                 else:
                     labels.pop(key, None)
+            if labels == before:
+                return labels
             data = json.dumps(labels, sort_keys=True).encode()
             if len(data) > MAX_LABELS_BYTES:
                 raise InvalidArgument(f"labels of {digest} exceed {MAX_LABELS_BYTES} bytes")
             target = self._labels / check_digest(digest)
+            self._label_cache.pop(digest, None)  # unknown until the write is done
+            deletions = self._deletions
             await uncancellable(asyncio.to_thread(_write_atomic, target, data))
-        return labels
+            self._remember_labels(digest, labels, deletions)
+        return dict(labels)
+
+    def _remember_labels(self, digest: str, labels: dict[str, str], deletions: int) -> None:
+        if deletions != self._deletions:
+            return
+        if len(self._label_cache) >= LABEL_CACHE_ENTRIES:
+            self._label_cache.pop(next(iter(self._label_cache)))  # the oldest
+        self._label_cache[digest] = dict(labels)
 
     async def list(self) -> AsyncIterator[BlobInfo]:
         def scan() -> list[BlobInfo]:
@@ -393,6 +425,14 @@ def _close(fd: int, unlink: Path | None) -> None:
     os.close(fd)
     if unlink is not None:
         unlink.unlink(missing_ok=True)
+
+
+def _parse_labels(raw: bytes) -> dict[str, str]:
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return {}  # a torn file of an older crash: labels are hints, start over
+    return {str(k): str(v) for k, v in doc.items()} if isinstance(doc, dict) else {}
 
 
 def _write_atomic(target: Path, data: bytes) -> None:

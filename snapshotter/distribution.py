@@ -51,7 +51,7 @@ import json
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 import structlog
@@ -91,6 +91,8 @@ from snapshotter.progress import ProgressChannel, Throttle, run_with_progress, s
 from snapshotter.streams import iterate_bytes, uncancellable
 from snapshotter.unpack import Lease, Unpacker, aclose, chain_ids, sha256_digest
 
+T = TypeVar("T")
+
 MT_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 MT_DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 MT_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
@@ -105,6 +107,8 @@ MAX_CONFIG = 20 << 20  # containerd's limit for JSON documents
 MAX_SOURCES = 16  # repositories remembered per registry and blob
 MAX_MOUNT_ATTEMPTS = 3  # moby's maxMountAttempts
 MANIFEST_CACHE_BYTES = 8 << 20
+CONFIG_CACHE_BYTES = 4 << 20
+SIZE_CACHE_ENTRIES = 1024
 
 
 def secure_only(host: str) -> bool:
@@ -219,28 +223,30 @@ def add_source(labels: dict[str, str], domain: str, path: str) -> dict[str, str]
     return {key: ",".join([*repos, path][-MAX_SOURCES:])}
 
 
-class _ManifestCache:
-    """Verified manifests by digest, bounded in bytes (immutable content: safe to share)."""
+class _DigestCache(Generic[T]):
+    """Verified content by digest, bounded in bytes (immutable content: safe to share)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, size: Callable[[T], int]) -> None:
         self._limit = limit
+        self._size = size
         self._used = 0
-        self._entries: collections.OrderedDict[str, Manifest] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[str, T] = collections.OrderedDict()
 
-    def get(self, digest: str) -> Manifest | None:
+    def get(self, digest: str) -> T | None:
         found = self._entries.get(digest)
         if found is not None:
             self._entries.move_to_end(digest)
         return found
 
-    def put(self, manifest: Manifest) -> None:
-        if manifest.digest in self._entries or len(manifest.body) > self._limit // 4:
+    def put(self, digest: str, value: T) -> None:
+        size = self._size(value)
+        if digest in self._entries or size > self._limit // 4:
             return
-        self._entries[manifest.digest] = manifest
-        self._used += len(manifest.body)
+        self._entries[digest] = value
+        self._used += size
         while self._used > self._limit:
             _, old = self._entries.popitem(last=False)
-            self._used -= len(old.body)
+            self._used -= self._size(old)
 
 
 @dataclass(eq=False)
@@ -276,7 +282,9 @@ class Distribution:
         self._downloads: asyncio.Semaphore | None = None
         self._uploads: asyncio.Semaphore | None = None
         self._fetches: dict[str, _Fetch] = {}
-        self._manifests = _ManifestCache(MANIFEST_CACHE_BYTES)
+        self._manifests: _DigestCache[Manifest] = _DigestCache(MANIFEST_CACHE_BYTES, lambda m: len(m.body))
+        self._configs: _DigestCache[bytes] = _DigestCache(CONFIG_CACHE_BYTES, len)
+        self._sizes: dict[str, int] = {}
         self._log = structlog.get_logger().bind(component="distribution")
 
     def _registry(self) -> RegistryClient:
@@ -322,25 +330,26 @@ class Distribution:
         client = self._registry()
         manifest_digest, manifest = await self._resolve(client, ref, creds, wanted or platforms.host_platform())
         image = parse_image_manifest(manifest)
-        config = await self._config(client, ref, creds, image.config)
-        diff_ids = config_diff_ids(config, wanted, ref.familiar)
-        if len(diff_ids) != len(image.layers):
-            raise InvalidArgument("layers from manifest don't match image configuration")
-        layers = tuple(LayerRef(digest=d.digest, diff_id=diff_id, media_type=d.media_type, size=d.size)
-                       for d, diff_id in zip(image.layers, diff_ids, strict=True))
-        chains = chain_ids(diff_ids)
         created_blobs: list[str] = []
         created_chains: list[str] = []
         fetches: dict[str, _Fetch] = {}
-        names = {image.config.digest, *(x.digest for x in layers), *chains}
-        with self._unpacker.leases.hold(names) as lease:
+        # Held before anything is checked: a rollback of an overlapping pull leaves these alone.
+        with self._unpacker.leases.hold({image.config.digest}) as lease:
+            config, stored = await self._config(client, ref, creds, image.config)
+            diff_ids = config_diff_ids(config, wanted, ref.familiar)
+            if len(diff_ids) != len(image.layers):
+                raise InvalidArgument("layers from manifest don't match image configuration")
+            layers = tuple(LayerRef(digest=d.digest, diff_id=diff_id, media_type=d.media_type, size=d.size)
+                           for d, diff_id in zip(image.layers, diff_ids, strict=True))
+            chains = chain_ids(diff_ids)
+            self._unpacker.leases.extend(lease, {*(x.digest for x in layers), *chains})
             try:
-                if not await self._has_blob(image.config.digest):
+                if not stored:
                     created_blobs.append(image.config.digest)
                     await self._content.write(iterate_bytes(config), image.config.digest, image.config.size)
                 top = await self._layers(client, ref, creds, layers, chains, channel, fetches, created_blobs,
                                          created_chains)
-                size = await self._unpacker.size(chains)
+                size = await self._size(chains)
             except BaseException as exc:
                 await uncancellable(self._abandon(fetches, lease, created_chains, created_blobs))
                 if isinstance(exc, asyncio.CancelledError):
@@ -357,6 +366,17 @@ class Distribution:
                              size=size)
         return PullResult(image=record, manifest_digest=manifest_digest)
 
+    async def _size(self, chains: Sequence[str]) -> int:
+        """Unpacked bytes of the chains; remembered by top chain (committed snapshots never change)."""
+        top = chains[-1] if chains else ""
+        size = self._sizes.get(top)
+        if size is None:
+            size = await self._unpacker.size(chains)
+            if len(self._sizes) >= SIZE_CACHE_ENTRIES:
+                self._sizes.pop(next(iter(self._sizes)))
+            self._sizes[top] = size
+        return size
+
     async def _resolve(self, client: RegistryClient, ref: Reference, creds: Credentials,
                        wanted: platforms.Platform) -> tuple[str, Manifest]:
         """(digest the reference resolved to, the image manifest for ``wanted``)."""
@@ -365,13 +385,13 @@ class Distribution:
         top = self._manifests.get(head.digest) if head is not None else None
         if top is None:
             top = await client.fetch_manifest(ref, head.digest if head is not None else (ref.digest or ref.tag), creds)
-            self._manifests.put(top)
+            self._manifests.put(top.digest, top)
         if top.media_type not in INDEX_TYPES:
             return top.digest, top
         chosen = platforms.select(_json_object(top.body, "manifest list"), wanted)
         entry = _descriptor(chosen, "manifest")
         child = self._manifests.get(entry.digest) or await client.fetch_manifest(ref, entry.digest, creds)
-        self._manifests.put(child)
+        self._manifests.put(child.digest, child)
         if child.media_type not in (MEDIA_DOCKER_MANIFEST, MEDIA_OCI_MANIFEST):
             raise InvalidArgument(f"manifest list entry {entry.digest} is a {child.media_type}, not an image manifest")
         return top.digest, child
@@ -383,11 +403,17 @@ class Distribution:
             return False
         return True
 
-    async def _config(self, client: RegistryClient, ref: Reference, creds: Credentials, desc: Descriptor) -> bytes:
+    async def _config(self, client: RegistryClient, ref: Reference, creds: Credentials,
+                      desc: Descriptor) -> tuple[bytes, bool]:
+        """The verified config, and whether the content store holds it."""
         if desc.size > MAX_CONFIG:
             raise InvalidArgument(f"image config {desc.digest} is {desc.size} bytes, more than {MAX_CONFIG}")
         if await self._has_blob(desc.digest):
-            return b"".join([chunk async for chunk in self._content.read(desc.digest)])
+            data = self._configs.get(desc.digest)
+            if data is None:
+                data = b"".join([chunk async for chunk in self._content.read(desc.digest)])
+                self._configs.put(desc.digest, data)
+            return data, True
         chunks: list[bytes] = []
         received = 0
         async for chunk in client.fetch_blob(ref, desc.digest, creds, size=desc.size):
@@ -399,12 +425,16 @@ class Distribution:
         digest = sha256_digest(data) if len(data) < 1 << 20 else await asyncio.to_thread(sha256_digest, data)
         if received != desc.size or digest != desc.digest:
             raise DigestMismatch(f"image config verification failed for digest {desc.digest}")
-        return data
+        return data, False
 
     async def _layers(self, client: RegistryClient, ref: Reference, creds: Credentials, layers: Sequence[LayerRef],
                       chains: Sequence[str], channel: ProgressChannel, fetches: dict[str, _Fetch],
                       created_blobs: list[str], created_chains: list[str]) -> str:
-        present = [await self._unpacker.is_committed(chain) for chain in chains]
+        # A committed snapshot's parents are committed and stay (the warm pull's one lookup).
+        if chains and await self._unpacker.is_committed(chains[-1]):
+            present = [True] * len(chains)
+        else:
+            present = [await self._unpacker.is_committed(chain) for chain in chains]
         announced: set[str] = set()
         for layer, done in zip(layers, present, strict=True):
             pid = short_id(layer.digest)
@@ -582,7 +612,10 @@ class Distribution:
         for digest in dict.fromkeys(digests):
             try:
                 labels = await self._content.labels(digest)
-                await self._content.update_labels(digest, add_source(labels, ref.domain, ref.path))
+                change = add_source(labels, ref.domain, ref.path)
+                if all(labels.get(k) == v for k, v in change.items()):
+                    continue  # known already (a warm pull): nothing to write
+                await self._content.update_labels(digest, change)
             except (BlobNotFound, InvalidArgument) as exc:
                 self._log.warning("source_label_skipped", digest=digest, error=str(exc))
 

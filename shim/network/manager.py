@@ -133,6 +133,8 @@ class NetworkManager:
         self._bridges_ready: set[str] = set()
         self._bridge_index: dict[str, int] = {}
         self._background: set[asyncio.Task[None]] = set()
+        # Removals under way, with the endpoints whose links they are deleting (see _settle).
+        self._removals: dict[asyncio.Task[None], tuple[Endpoint, ...]] = {}
         self._fw_lock = asyncio.Lock()
         self._fw_dirty = False
 
@@ -437,10 +439,28 @@ class NetworkManager:
 
     def remove_soon(self, id: str) -> None:
         """:meth:`remove` in the background: the runtime's delete (and ``docker run --rm``) does
-        not wait for veth and namespace teardown; the record on disk keeps the intent."""
+        not wait for veth and namespace teardown; the record on disk keeps the intent (a crash
+        before the end leaves it for :meth:`reconcile`), and a container wired meanwhile waits
+        for the links it would collide with (:meth:`_settle`)."""
+        rec = self._records.get(id)
         task = asyncio.get_running_loop().create_task(self._remove_logged(id))
         self._background.add(task)
+        self._removals[task] = rec.networking.endpoints if rec is not None else ()
         task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._removals.pop)
+
+    async def _settle(self, endpoints: Iterable[Endpoint]) -> None:
+        """Wait until no background removal is still deleting a link with one of ``endpoints``'
+        host names, or with the address or MAC one of them takes on its network (an address freed
+        by a delete is handed out again at once)."""
+        taken = self._claims(endpoints)
+        pending = [task for task, eps in self._removals.items() if taken & self._claims(eps)]
+        if pending:
+            await asyncio.wait(pending)
+
+    def _claims(self, endpoints: Iterable[Endpoint]) -> set[object]:
+        """What wiring ``endpoints`` takes on the host: link names, addresses and MACs."""
+        return {k for e in endpoints for k in (self.veth_name(e.id), (e.network.id, e.address), (e.network.id, e.mac))}
 
     async def _remove_logged(self, id: str) -> None:
         try:
@@ -479,6 +499,7 @@ class NetworkManager:
             if live is None or not live.wired or not live.running:
                 return
             await self._ensure_bridge(endpoint.network)
+            await self._settle((endpoint,))
             path = self.netns_path(id)
             sock = await self._worker.run(netns.enter, path, netns.rtnl_socket)
             async with AsyncIPRoute(use_socket=sock) as ns:
@@ -536,6 +557,7 @@ class NetworkManager:
         if self.netns_path(rec.id).exists():
             await self._unwire(rec)
         live.wired = False
+        await self._settle(rec.networking.endpoints)
         path = self.netns_path(rec.id)
         sock = await self._worker.run(netns.create, path, netns.rtnl_socket)
         dns_job = asyncio.ensure_future(self._worker.run(netns.enter, path, _open_dns)) \
@@ -601,11 +623,9 @@ class NetworkManager:
             live.wired = False
 
     async def _delete_link(self, name: str) -> None:
-        try:
-            await self._host().link("del", ifname=name)
-        except NetlinkError as exc:
-            if exc.code not in (errno.ENODEV, errno.ENOENT):
-                raise
+        # In a worker thread: the kernel tears the link down inside the request (a veth takes
+        # milliseconds), which must not stall the event loop.
+        await asyncio.to_thread(netns.delete_link, name)
 
     # DNS -----------------------------------------------------------------------------------------
 

@@ -52,6 +52,40 @@ def rtnl_socket() -> socket.socket:
     return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
 
 
+_NLMSG = struct.Struct("=IHHII")  # struct nlmsghdr
+_IFINFO = struct.Struct("=BxHiII")  # struct ifinfomsg
+_RTM_DELLINK = 17
+_NLM_F_REQUEST_ACK = 0x1 | 0x4
+_NLMSG_ERROR = 2
+_IFLA_IFNAME = 3
+
+
+def delete_link(name: str) -> bool:
+    """Delete the interface ``name`` of the calling thread's namespace (a veth takes its peer
+    with it); False if there is none. Blocking: the kernel does the work inside the request,
+    so call it from a worker thread, never from the event loop."""
+    ifname = name.encode() + b"\0"
+    attr = struct.pack("=HH", 4 + len(ifname), _IFLA_IFNAME) + ifname
+    attr += b"\0" * (-len(attr) % 4)
+    body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr
+    request = _NLMSG.pack(_NLMSG.size + len(body), _RTM_DELLINK, _NLM_F_REQUEST_ACK, 1, 0) + body
+    with rtnl_socket() as sock:
+        sock.send(request)
+        while True:
+            reply = sock.recv(65536)
+            pos = 0
+            while pos + _NLMSG.size <= len(reply):
+                length, kind, _, seq, _ = _NLMSG.unpack_from(reply, pos)
+                if kind == _NLMSG_ERROR and seq == 1:
+                    (code,) = struct.unpack_from("=i", reply, pos + _NLMSG.size)
+                    if code == 0:
+                        return True
+                    if -code in (errno.ENODEV, errno.ENOENT):
+                        return False
+                    raise OSError(-code, f"deleting link {name}: {os.strerror(-code)}")
+                pos += max(length, _NLMSG.size)
+
+
 def _own() -> int:
     return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 

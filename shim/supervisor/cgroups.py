@@ -387,13 +387,12 @@ class ContainerCgroup:
         return kill_all(d, sig) if d else set()
 
     def remove(self) -> bool:
-        """Kill stragglers and remove every directory; False while some are still busy."""
+        """Remove every directory, killing stragglers where one is busy; False while some
+        still are. (A stopped container's cgroups are empty: one rmdir each.)"""
         done = True
         for _, d in self.dirs:
-            if not os.path.isdir(d):
-                continue
-            kill_all(d)
             if not _rmdir(d):
+                kill_all(d)
                 done = False
         return done
 

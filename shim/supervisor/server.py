@@ -352,6 +352,8 @@ class Supervisor:
     async def serve(self, ready_fd: int = -1) -> None:
         cfg = self.config
         cfg.paths.containers.mkdir(parents=True, exist_ok=True, mode=0o700)
+        shutil.rmtree(cfg.paths.removed, ignore_errors=True)  # what a previous one left half done
+        cfg.paths.removed.mkdir(mode=0o700, exist_ok=True)
         self.recover()
         self.loop.add_signal_handler(signal.SIGCHLD, self.reap)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -734,7 +736,13 @@ class Supervisor:
                 break
             await asyncio.sleep(0.01)
         self._close_container_fds(c)
-        shutil.rmtree(c.dir, ignore_errors=True)
+        # Out of containers/ at once (a new supervisor never finds it), emptied after the reply.
+        removed = self.config.paths.removed / f"{c.id}.{secrets.token_hex(4)}"
+        try:
+            os.rename(c.dir, removed)
+        except OSError:
+            removed = c.dir
+        self.loop.call_soon(shutil.rmtree, removed, True)
         del self.containers[c.id]
         for conn in c.waiting_attachers:
             self._end_attach(conn)

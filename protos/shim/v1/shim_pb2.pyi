@@ -437,10 +437,18 @@ class LogEntry(_message.Message):
     def __init__(self, stream: _Optional[int] = ..., time_ns: _Optional[int] = ..., data: _Optional[bytes] = ..., partial: _Optional[bool] = ...) -> None: ...
 
 class LogsResponse(_message.Message):
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "streams", "times_ns", "ends", "data")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
+    TIMES_NS_FIELD_NUMBER: _ClassVar[int]
+    ENDS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[LogEntry]
-    def __init__(self, entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ...) -> None: ...
+    streams: bytes
+    times_ns: _containers.RepeatedScalarFieldContainer[int]
+    ends: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ..., streams: _Optional[bytes] = ..., times_ns: _Optional[_Iterable[int]] = ..., ends: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ResizePtyRequest(_message.Message):
     __slots__ = ("id", "height", "width")
