@@ -162,7 +162,19 @@ def parse_line(raw: bytes) -> LogEntry | None:
         time_ns = parse_time(obj["time"])
     except (ValueError, KeyError, TypeError, IndexError):
         return None
-    return LogEntry(stream=stream, time_ns=time_ns, data=text.encode(), partial=not text.endswith("\n"))
+    return LogEntry(stream=stream, time_ns=time_ns, data=_utf8(text), partial=not text.endswith("\n"))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _utf8(text: str) -> bytes:
+    """``text`` as UTF-8; a lone surrogate (``\\ud800`` escaped in a line) becomes U+FFFD, as
+    Go's decoder makes it."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text).encode()
 
 
 # The shape every line written by LineSplitter has (Go's encoder, Docker's key order): a JSON
@@ -232,7 +244,7 @@ def _unescape(text: bytes) -> bytes:
     if text.endswith(b"\\n") and b"\\" not in text[:-2]:
         return text[:-2] + b"\n"
     decoded: str = json.loads(b'"' + text + b'"')
-    return decoded.encode()
+    return _utf8(decoded)
 
 
 def tail_offset(fd: int, lines: int, size: int | None = None) -> int:

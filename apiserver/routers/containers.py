@@ -12,6 +12,7 @@ from aiohttp import web
 
 from apiserver.app import add_route
 from apiserver.containers.backend import LIST_FILTERS, ContainerBackend
+from apiserver.containers.logframes import LogEncoder
 from apiserver.hijack import (
     MULTIPLEXED_STREAM,
     RAW_STREAM,
@@ -150,37 +151,20 @@ def _log_options(request: web.Request) -> LogsOptions:
 
 
 
-def _timestamp(ns: int) -> bytes:
-    from datetime import UTC, datetime
-
-    sec, frac = divmod(ns, 1_000_000_000)
-    return (datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{frac:09d}Z ").encode()
-
-
 async def get_container_logs(request: web.Request) -> web.StreamResponse:
     options = _log_options(request)
     if not options.stdout and not options.stderr:
         raise InvalidArgument("Bad parameters: you must choose at least one stream")
-    timestamps = bool_value(request, "timestamps")
-    tty, entries = await _backend(request).logs(request.match_info["id"], options)
+    tty, batches = await _backend(request).log_batches(request.match_info["id"], options)
+    encoder = LogEncoder(tty=tty, timestamps=bool_value(request, "timestamps"))
     resp = web.StreamResponse(status=200)
     resp.content_type = RAW_STREAM if tty else MULTIPLEXED_STREAM
     resp.enable_chunked_encoding()
     await resp.prepare(request)
     gone = asyncio.ensure_future(until_disconnected(request.transport)) if options.follow else None
     try:
-        batch: list[bytes] = []
-        size = 0
-        async for entry in until(entries, gone):
-            data = _timestamp(entry.time_ns) + entry.data if timestamps else entry.data
-            batch.append(data if tty else frame(int(entry.stream), data))
-            size += len(data)
-            # Coalesce small entries into one write; flush at once when following.
-            if size >= 64 * 1024 or options.follow:
-                await resp.write(b"".join(batch))
-                batch, size = [], 0
-        if batch:
-            await resp.write(b"".join(batch))
+        async for batch in until(batches, gone):
+            await resp.write(encoder.encode(batch))
         await resp.write_eof()
     except ConnectionResetError:
         pass
@@ -188,8 +172,6 @@ async def get_container_logs(request: web.Request) -> web.StreamResponse:
         if gone is not None:
             gone.cancel()
     return resp
-
-
 
 
 async def post_container_attach(request: web.Request) -> web.StreamResponse:
