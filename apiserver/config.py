@@ -1,6 +1,11 @@
 """berthd's configuration: dockerd's flags where they overlap, plus a ``daemon.json``-style file.
 
 As dockerd does, a directive given both as a flag and in the configuration file is an error.
+
+Two sets of TLS files: ``--tlscacert/--tlscert/--tlskey`` are the API's (dockerd's meaning);
+``--node-tlscacert/--node-tlscert/--node-tlskey`` (daemon.json ``node-tlscacert`` …) are what berthd
+presents to the nodes' shims and snapshotters on TCP, and the CA it checks their certificates
+against (mutual TLS, DESIGN.md §6).
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from common.grpc_tls import TLSFiles
 
 DEFAULT_SOCKET = "unix:///run/berth/berth.sock"
 
@@ -34,6 +41,8 @@ class DaemonConfig:
     exec_root: Path = Path("/run/berth")
     pidfile: Path = Path("/run/berth/berthd.pid")
     tls: TLSConfig = field(default_factory=TLSConfig)
+    # client side of the mutual TLS to nodes' shims and snapshotters on TCP
+    node_tls: TLSFiles = field(default_factory=TLSFiles)
     allow_insecure_tcp: bool = False
     log_level: str = "info"
     debug: bool = False
@@ -67,6 +76,7 @@ class DaemonConfig:
 _FILE_KEYS = {
     "hosts": "hosts", "data_root": "data-root", "exec_root": "exec-root", "pidfile": "pidfile",
     "tls": "tls", "tlsverify": "tlsverify", "tlscacert": "tlscacert", "tlscert": "tlscert", "tlskey": "tlskey",
+    "node_tlscacert": "node-tlscacert", "node_tlscert": "node-tlscert", "node_tlskey": "node-tlskey",
     "log_level": "log-level", "debug": "debug", "redis_url": "redis-url", "redis_namespace": "redis-namespace",
     "cgroup_parent": "cgroup-parent", "labels": "labels", "shutdown_timeout": "shutdown-timeout",
     "group": "group", "allow_insecure_tcp": "allow-insecure-tcp", "node_id": "node-id",
@@ -91,6 +101,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tlscacert", dest="tlscacert", default=None, help="CA that signs client certificates")
     p.add_argument("--tlscert", dest="tlscert", default=None, help="server certificate")
     p.add_argument("--tlskey", dest="tlskey", default=None, help="server key")
+    p.add_argument("--node-tlscacert", dest="node_tlscacert", default=None,
+                   help="CA that signs the nodes' shim and snapshotter certificates (mutual TLS to nodes on TCP)")
+    p.add_argument("--node-tlscert", dest="node_tlscert", default=None,
+                   help="client certificate berthd presents to the nodes' shims and snapshotters")
+    p.add_argument("--node-tlskey", dest="node_tlskey", default=None, help="key of --node-tlscert")
     p.add_argument("--allow-insecure-tcp", dest="allow_insecure_tcp", action="store_true", default=None,
                    help="allow TCP listeners beyond loopback without --tlsverify (gives root to the network)")
     p.add_argument("-l", "--log-level", dest="log_level", default=None,
@@ -169,6 +184,12 @@ def build(values: dict[str, Any]) -> DaemonConfig:
         raise ConfigError("could not load X509 key pair: --tlscert and --tlskey are required with --tls")
     if tls.verify and not tls.cacert:
         raise ConfigError("--tlsverify requires --tlscacert")
+    node_tls = TLSFiles(cacert=str(values.get("node_tlscacert") or ""), cert=str(values.get("node_tlscert") or ""),
+                        key=str(values.get("node_tlskey") or ""))
+    try:
+        node_tls.check(flag_prefix="--node-")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     hosts = tuple(values.get("hosts") or default.hosts)
     return DaemonConfig(
         hosts=hosts,
@@ -177,6 +198,7 @@ def build(values: dict[str, Any]) -> DaemonConfig:
         pidfile=Path(values.get("pidfile") or (Path(values["exec_root"]) / "berthd.pid"
                                                 if values.get("exec_root") else default.pidfile)),
         tls=tls,
+        node_tls=node_tls,
         allow_insecure_tcp=bool(values.get("allow_insecure_tcp")),
         log_level="debug" if values.get("debug") else str(values.get("log_level") or default.log_level),
         debug=bool(values.get("debug")),

@@ -39,9 +39,9 @@ from apiserver.listen import start_sites, validate_listeners
 from apiserver.networks.backend import NetworkBackend, NetworkSettings
 from apiserver.networks.ipam import DEFAULT_POOLS, Pool, host_networks
 from apiserver.networks.store import NetworkStore
-from apiserver.nodes import NodeDirectory
+from apiserver.nodes import Connector, NodeDirectory
 from apiserver.processes import ManagedProcess
-from apiserver.remote import connect_remote
+from apiserver.remote import node_connector
 from apiserver.routers import build as build_router
 from apiserver.routers import container_files as container_files_router
 from apiserver.routers import containers as containers_router
@@ -163,6 +163,7 @@ class Daemon:
     async def run(self) -> None:
         cfg = self.cfg
         validate_listeners(cfg)  # refuse bad -H/TLS settings before starting anything
+        connect = node_connector(cfg.node_tls)  # and unreadable node TLS files
         cfg.data_root.mkdir(parents=True, exist_ok=True, mode=0o711)
         cfg.exec_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         _write_pidfile(cfg.pidfile)
@@ -174,7 +175,7 @@ class Daemon:
             if embedded is not None:
                 await embedded.redis.ensure()
                 await asyncio.gather(embedded.shim.ensure(), embedded.snapshotter.ensure())
-            await self._serve(embedded)
+            await self._serve(embedded, connect)
         finally:
             if embedded is not None:
                 await embedded.shim.stop(timeout=10)
@@ -184,12 +185,12 @@ class Daemon:
                 cfg.pidfile.unlink()
             log.info("daemon_stopped")
 
-    async def _serve(self, embedded: Embedded | None) -> None:
+    async def _serve(self, embedded: Embedded | None, connect: Connector) -> None:
         cfg = self.cfg
         redis_url = embedded.redis_url if embedded else cfg.redis_url
         redis = aioredis.Redis.from_url(redis_url, max_connections=256)
         keys = Keys(ns=cfg.redis_namespace)
-        directory = NodeDirectory(redis, keys, connect_remote)
+        directory = NodeDirectory(redis, keys, connect)
         bus = EventBus(redis, keys)
         container_store = ContainerStore(redis, keys)
         image_store = ImageStore(redis, keys)

@@ -4,6 +4,11 @@ Order of things: adopt the running supervisor (or start one) → record what hap
 shim was connected and write every container's state to Redis → register the node and heartbeat
 → serve. On SIGTERM: stop serving, then ask the supervisor to exit only if no container runs
 (containers never die because the RPC side stops; berthd stops them explicitly first).
+
+Listening: a unix socket (plain, root-only), or TCP. Across hosts TCP takes mutual TLS —
+``--tlscacert``, ``--tlscert`` and ``--tlskey`` (all three): the shim presents ``--tlscert`` and
+requires client certificates signed by ``--tlscacert``. Plain TCP beyond loopback is refused at
+start (exit 2), before the supervisor or anything else is touched.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import grpc
 import redis.asyncio as aioredis
 import structlog
 
-from common import logs, nodes
+from common import linux, logs, nodes
+from common.grpc_tls import NO_TLS, TLSFiles, add_port, add_tls_arguments, check_listener, is_tcp, tls_from_arguments
 from common.keys import Keys
 from protos.errors import Unavailable
 from protos.rpc import SERVER_OPTIONS
@@ -59,6 +65,7 @@ class ShimConfig:
     network_table: str = "berth"
     veth_prefix: str = "veth"
     resolv_conf: Path = Path("/etc/resolv.conf")
+    tls: TLSFiles = NO_TLS
 
 
 def parse_args(argv: list[str]) -> ShimConfig:
@@ -68,7 +75,9 @@ def parse_args(argv: list[str]) -> ShimConfig:
     parser.add_argument("--exec-root", type=Path, default=Path("/run/berth/shim"),
                         help="runtime files: the supervisor's socket and pid file")
     parser.add_argument("--address", default="/run/berth/shim.sock",
-                        help="gRPC listen address: unix path, unix:PATH, or host:port")
+                        help="gRPC listen address: unix path, unix:PATH, or host:port (beyond loopback only "
+                             "with --tlscacert, --tlscert and --tlskey)")
+    add_tls_arguments(parser)
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--redis-namespace", default="berth")
     parser.add_argument("--node-id", default="", help="default: <root>/node-id (created on first run)")
@@ -79,13 +88,19 @@ def parse_args(argv: list[str]) -> ShimConfig:
     parser.add_argument("--resolv-conf", type=Path, default=Path("/etc/resolv.conf"),
                         help="the host's resolver configuration, source of containers' resolv.conf")
     args = parser.parse_args(argv)
+    tls = tls_from_arguments(args)
+    try:
+        tls.check()
+        check_listener(args.address, tls)
+    except ValueError as exc:
+        parser.error(str(exc))
     root = args.root.absolute()
     return ShimConfig(root=root, exec_root=args.exec_root.absolute(), address=args.address,
                       redis_url=args.redis_url, redis_namespace=args.redis_namespace,
                       node_id=args.node_id or nodes.load_or_create_node_id(root),
                       cgroup_parent=args.cgroup_parent, log_level=args.log_level,
                       network_table=args.network_table, veth_prefix=args.veth_prefix,
-                      resolv_conf=args.resolv_conf.absolute())
+                      resolv_conf=args.resolv_conf.absolute(), tls=tls)
 
 
 async def connect_runtime(cfg: ShimConfig, sink: RedisStateSink) -> tuple[LinuxRuntime, subprocess.Popen[bytes] | None]:
@@ -104,16 +119,20 @@ async def connect_runtime(cfg: ShimConfig, sink: RedisStateSink) -> tuple[LinuxR
     return await LinuxRuntime.connect(paths.socket, sink, on_resync=sink.sync), proc
 
 
-def _listen(server: grpc.aio.Server, address: str) -> str:
-    if address.startswith("unix:") or address.startswith("/"):
+def _listen(server: grpc.aio.Server, address: str, tls: TLSFiles) -> str:
+    if not is_tcp(address):
         path = Path(address.removeprefix("unix:"))
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         server.add_insecure_port(f"unix:{path}")
         return str(path)
-    log.warning("insecure_tcp_listener", address=address)  # cross-host mTLS is the apiserver's follow-up
-    server.add_insecure_port(address)
+    if add_port(server, address, tls) == 0:  # plain TCP beyond loopback: refused here (and at parse_args)
+        raise OSError(f"cannot listen on {address}")
+    if tls.enabled:
+        log.info("mtls_listener", address=address, cacert=tls.cacert)
+    else:  # loopback only: still reachable by every local user, as dockerd warns
+        log.warning("insecure_tcp_listener", address=address)
     return address
 
 
@@ -162,7 +181,7 @@ async def serve(cfg: ShimConfig) -> int:
     shim_pb2_grpc.add_NetworksServicer_to_server(NetworksServicer(manager), server)  # type: ignore[no-untyped-call]
     storage_service.add_servicers(server, files=LocalFiles(SupervisorPaths(cfg.root, cfg.exec_root).socket),
                                   volumes=LocalVolumes(cfg.root / "volumes"))
-    listen_path = _listen(server, cfg.address)
+    listen_path = _listen(server, cfg.address, cfg.tls)
     await server.start()
     if listen_path.startswith("/"):
         os.chmod(listen_path, 0o600)
@@ -201,6 +220,7 @@ async def serve(cfg: ShimConfig) -> int:
 def main() -> None:
     cfg = parse_args(sys.argv[1:])
     logs.configure(cfg.log_level, process="shim")
+    linux.pin_mmap_threshold()
     sys.exit(asyncio.run(serve(cfg)))
 
 

@@ -11,6 +11,11 @@ Before anything else (before any thread exists) the process takes a mount namesp
 with the host's mounts as slaves: snapshots it mounts for file operations (``docker cp`` of a
 stopped container, ``docker export``, COPY) are never visible on the host and vanish with it.
 
+Across hosts it listens on TCP with mutual TLS: ``--tlscacert``, ``--tlscert`` and ``--tlskey``
+(all three) make it present ``--tlscert`` and require client certificates signed by
+``--tlscacert``. Without them TCP is refused beyond loopback, before anything starts (exit 2);
+unix sockets are always plain (root-only files).
+
 Registry settings are dockerd's: ``--insecure-registry`` (repeatable; loopback is always
 insecure), ``--registry-certs-dir`` (``<dir>/<host:port>/{*.crt, client.cert, client.key}``),
 ``--max-concurrent-downloads`` and ``--max-concurrent-uploads``.
@@ -21,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import os
 import secrets
 import signal
@@ -39,6 +43,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from common import linux, logs, nodes
+from common.grpc_tls import NO_TLS, TLSFiles, add_port, add_tls_arguments, check_listener, tls_from_arguments
 from common.keys import Keys
 from protos.errors import InvalidArgument
 from protos.rpc import SERVER_OPTIONS
@@ -70,6 +75,7 @@ class Config:
     registry_certs_dir: Path = DEFAULT_CERTS_DIR
     max_concurrent_downloads: int = 3
     max_concurrent_uploads: int = 5
+    tls: TLSFiles = NO_TLS
 
     def registry_options(self) -> RegistryOptions:
         return RegistryOptions(insecure=insecure_matcher(self.insecure_registries),
@@ -86,23 +92,18 @@ class Listener:
     socket: Path | None
 
 
-def parse_address(address: str) -> Listener:
+def parse_address(address: str, tls: TLSFiles = NO_TLS) -> Listener:
+    """Where to bind ``address``; plain TCP beyond loopback (without ``tls``) is a ``ValueError``."""
     if address.startswith("unix:") or address.startswith("/"):
         path = Path(address.removeprefix("unix:").removeprefix("//"))
         if not path.is_absolute():
             raise ValueError(f"unix socket path must be absolute: {address}")
         return Listener(target=f"unix:{path}", socket=path)
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not host or not port.isdigit():
         raise ValueError(f"invalid address {address!r}: want unix:PATH, /PATH or HOST:PORT")
-    bare = host.strip("[]")
-    try:
-        loopback = bare == "localhost" or ipaddress.ip_address(bare).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        # Plain TCP beyond loopback would hand layers and the host's mounts to anyone (DESIGN §6).
-        raise ValueError(f"refusing to serve without TLS on non-loopback address {address}")
+    # Plain TCP beyond loopback would hand layers and the host's mounts to anyone (DESIGN §6).
+    check_listener(address, tls)
     return Listener(target=address, socket=None)
 
 
@@ -111,7 +112,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         prog="berth-snapshotter", description="The content store, snapshots and images of one host, over gRPC.")
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="state directory (default %(default)s)")
     parser.add_argument("--address", default=DEFAULT_ADDRESS,
-                        help="unix socket path (or unix:PATH), or loopback HOST:PORT (default %(default)s)")
+                        help="unix socket path (or unix:PATH), or HOST:PORT: loopback, or any with --tlscacert, "
+                             "--tlscert and --tlskey (default %(default)s)")
+    add_tls_arguments(parser)
     parser.add_argument("--redis-url", required=True, help="redis:// or unix:// URL of the cluster's Redis")
     parser.add_argument("--redis-namespace", default="berth", help="key prefix (default %(default)s)")
     parser.add_argument("--node-id", default="", help="node id (default: kept in ROOT/node-id)")
@@ -131,8 +134,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
                         help="layer uploads at once on this host (default %(default)s)")
     args = parser.parse_args(argv)
     root = args.root.absolute()
+    tls = tls_from_arguments(args)
     try:
-        parse_address(args.address)
+        tls.check()
+        parse_address(args.address, tls)
         insecure_matcher(args.insecure_registries)
     except (ValueError, InvalidArgument) as exc:
         parser.error(str(exc))
@@ -143,7 +148,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
                   insecure_registries=tuple(args.insecure_registries),
                   registry_certs_dir=args.registry_certs_dir.absolute(),
                   max_concurrent_downloads=args.max_concurrent_downloads,
-                  max_concurrent_uploads=args.max_concurrent_uploads)
+                  max_concurrent_uploads=args.max_concurrent_uploads, tls=tls)
 
 
 def _positive(value: str) -> int:
@@ -231,7 +236,7 @@ async def serve(config: Config) -> None:
 
 
 async def _serve(config: Config) -> None:
-    listener = parse_address(config.address)
+    listener = parse_address(config.address, config.tls)
     # A blocking pool: a burst of RPCs waits for a connection instead of failing.
     pool = aioredis.BlockingConnectionPool.from_url(config.redis_url, max_connections=64, timeout=20)
     redis = aioredis.Redis(connection_pool=pool)
@@ -255,7 +260,7 @@ async def _serve(config: Config) -> None:
         add_servicers(server, snapshotter=snapshotter, content=content, images=images)
         if listener.socket is not None:
             await asyncio.to_thread(_prepare_socket, listener.socket)
-        if server.add_insecure_port(listener.target) == 0:
+        if add_port(server, listener.target, config.tls) == 0:
             raise OSError(f"cannot listen on {config.address}")
         await server.start()
         if listener.socket is not None:
@@ -269,7 +274,8 @@ async def _serve(config: Config) -> None:
             loop.add_signal_handler(sig, stop.set)
         async with asyncio.TaskGroup() as tasks:
             heartbeat = tasks.create_task(nodes.heartbeat_forever(redis, keys, config.node_id, "snapshotter"))
-            log.info("snapshotter_ready", address=listener.target, root=str(config.root), orphans_removed=removed)
+            log.info("snapshotter_ready", address=listener.target, root=str(config.root), orphans_removed=removed,
+                     mtls=listener.socket is None and config.tls.enabled)
             await stop.wait()
             log.info("snapshotter_stopping", grace_period=config.grace_period)
             await server.stop(config.grace_period)  # stop accepting, drain, then cancel stragglers
@@ -310,6 +316,7 @@ def private_mount_namespace() -> bool:
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_args(argv)
     logs.configure(config.log_level, process="snapshotter")
+    linux.pin_mmap_threshold()
     private_mount_namespace()
     try:
         asyncio.run(serve(config))
