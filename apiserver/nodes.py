@@ -86,16 +86,23 @@ class NodeDirectory:
                 up.append(record)
         return up
 
-    async def place(self, *, candidates: set[str] | None, load: Counter[str],
-                    constraints: list[str] = ()) -> NodeRecord:  # type: ignore[assignment]
+    async def place(self, *, candidates: set[str] | None,
+                    load: Counter[str] | Callable[[], Awaitable[Counter[str]]],
+                    constraints: list[str] = (),  # type: ignore[assignment]
+                    prefer: set[str] | frozenset[str] = frozenset()) -> NodeRecord:
         """Pick the up node with the fewest containers among ``candidates`` (None = any) that
-        satisfies every ``constraint`` (``node==name``, ``node!=name``, ``label==v``)."""
+        satisfies every ``constraint`` (``node==name``, ``node!=name``, ``label==v``); between
+        equally loaded nodes, one in ``prefer`` (those that hold the image already). ``load``
+        may be a function that counts, called only when there is a choice to make."""
         eligible = [n for n in await self.up_nodes() if candidates is None or n.id in candidates]
         for constraint in constraints:
             eligible = [n for n in eligible if _satisfies(n, constraint)]
         if not eligible:
-            raise Unavailable("no suitable node (node down, image absent, or constraints unsatisfiable)")
-        return min(eligible, key=lambda n: (load[n.id], n.hostname, n.id))
+            raise Unavailable("no suitable node (node down, or constraints unsatisfiable)")
+        if len(eligible) == 1:
+            return eligible[0]
+        counts = load if isinstance(load, Counter) else await load()
+        return min(eligible, key=lambda n: (counts[n.id], n.id not in prefer, n.hostname, n.id))
 
     async def close(self) -> None:
         async with self._lock:

@@ -33,6 +33,7 @@ from apiserver.build.copy import Copier
 from apiserver.build.dockerfile import Dockerfile, DockerfileError, Instruction, parse, parse_instruction
 from apiserver.build.shell import Lexer
 from apiserver.containers.views import rfc3339_nano
+from apiserver.images.replicate import ImageReplicator
 from apiserver.images.store import ImageRecord, ImageStore
 from apiserver.nodes import HostServices, NodeDirectory
 from protos.errors import BerthError, InvalidArgument, NotFound
@@ -137,6 +138,7 @@ class Builder:
                  pull: Callable[[str, RegistryAuth], AsyncIterator[Message]]) -> None:
         self._images = images
         self._nodes = nodes
+        self._replicator = ImageReplicator(images, nodes)
         self._cache = cache
         self._pull = pull
         self._node = ""
@@ -526,8 +528,8 @@ class Builder:
             record = await self._images.find(ref.canonical)
             if record is None:
                 raise NotFound(f"No such image: {ref.familiar}")
-        if self._node and self._node not in record.nodes:
-            raise InvalidArgument(f"image {base} is not on the node this build runs on")
+        if self._node:
+            await self._replicator.ensure(record, self._node)  # a copy from a node that has it
         if not self._node:
             self._node = sorted(record.nodes)[0]
         stage.image_id, stage.config, stage.layers, stage.chain_id = (
@@ -566,8 +568,9 @@ class Builder:
                     async for message in self._pull_image(source, options):
                         yield message
                     record = await self._images.find(source)
-                if record is None or self._node not in record.nodes:
+                if record is None:
                     raise NotFound(f"invalid from flag value {source}: No such image: {source}")
+                await self._replicator.ensure(record, self._node)
                 from_chain, from_ref = record.chain_id, record.id
         workdir = (stage.config.get("config") or {}).get("WorkingDir") or "/"
         plan = await copier.plan(ins, lexer, env, workdir, from_chain, from_ref)

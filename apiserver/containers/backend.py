@@ -26,6 +26,7 @@ from apiserver.containers.names import generate_name
 from apiserver.containers.store import CachedRecord, ContainerRecord, ContainerStore
 from apiserver.events import Event, EventBus
 from apiserver.httputil import Filters, dumps
+from apiserver.images.replicate import ImageReplicator
 from apiserver.images.store import ImageStore
 from apiserver.networks.backend import NetworkBackend
 from apiserver.nodes import HostServices, NodeDirectory
@@ -70,6 +71,7 @@ class ContainerBackend:
         self.store = store
         self._images = images
         self._nodes = nodes
+        self._replicator = ImageReplicator(images, nodes)
         self._bus = bus
         self._networks = networks
 
@@ -106,13 +108,17 @@ class ContainerBackend:
             name = await self._unique_name(container_id)
         created_ns = time.time_ns()
         try:
-            load: Counter[str] = Counter()
-            if len(image.nodes) > 1:
-                load = Counter(r.node for r in await self.store.all())
-            candidates = image.nodes
+            # Spread: the node with the fewest containers, the image's holders first among equals;
+            # a node without the image gets a copy from one that has it.
+            candidates = None
             if mount_plan is not None and mount_plan.nodes is not None:  # volumes pin it to their node
-                candidates = candidates & mount_plan.nodes
-            node = await self._nodes.place(candidates=candidates, load=load)
+                candidates = mount_plan.nodes
+
+            async def load() -> Counter[str]:
+                return Counter(c.node for c in await self.store.cached())
+
+            node = await self._nodes.place(candidates=candidates, load=load, prefer=image.nodes)
+            await self._replicator.ensure(image, node.id)
             config: dict[str, Any] = {
                 "Id": container_id,
                 "Created": views.rfc3339_nano(created_ns),

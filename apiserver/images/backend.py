@@ -20,6 +20,7 @@ import structlog
 from apiserver.containers.store import ContainerStore
 from apiserver.httputil import Filters
 from apiserver.images import views
+from apiserver.images.replicate import layer_refs
 from apiserver.images.store import ImageRecord, ImageStore
 from apiserver.nodes import NodeDirectory
 from common.events import append_event
@@ -33,7 +34,7 @@ from protos.errors import (
     NotFound,
 )
 from registry_client import reference
-from snapshotter.api import ExportImage, LayerRef
+from snapshotter.api import ExportImage
 
 log = structlog.get_logger()
 
@@ -46,11 +47,6 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
         parent = chain[-1] if chain else ""
         chain.append(diff_id if not parent else "sha256:" + hashlib.sha256(f"{parent} {diff_id}".encode()).hexdigest())
     return chain
-
-
-def _layer_refs(record: ImageRecord) -> tuple[LayerRef, ...]:
-    return tuple(LayerRef(digest=layer["digest"], diff_id=layer["diff_id"], media_type=layer.get("media_type", ""),
-                          size=int(layer.get("size", 0))) for layer in record.layers)
 
 
 class ImageBackend:
@@ -392,7 +388,7 @@ class ImageBackend:
         if not common_nodes:
             raise Conflict("the requested images are not all stored on one node")
         host = await self._nodes.host(sorted(common_nodes)[0])
-        exports = [ExportImage(id=r.id, repo_tags=tuple(t), layers=_layer_refs(r)) for r, t in wanted.values()]
+        exports = [ExportImage(id=r.id, repo_tags=tuple(t), layers=layer_refs(r)) for r, t in wanted.values()]
         for image_id in wanted:
             await self._event("save", image_id)
         return host.images.export_archive(exports)

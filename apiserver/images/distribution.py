@@ -19,6 +19,7 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from apiserver.images.progress import progress_message, status
+from apiserver.images.replicate import layer_refs
 from apiserver.images.store import ImageRecord, ImageStore
 from apiserver.nodes import NodeDirectory
 from common.events import append_event
@@ -29,7 +30,7 @@ from registry_client.auth import Credentials, decode_registry_auth
 from registry_client.client import RegistryClient, registry_host
 from registry_client.hosts import RegistryTLS
 from registry_client.reference import Reference
-from snapshotter.api import ExportImage, LayerRef, Progress, PullResult, PushResult, RegistryAuth
+from snapshotter.api import ExportImage, Progress, PullResult, PushResult, RegistryAuth
 from snapshotter.api import ImageRecord as HostImage
 
 Message = dict[str, Any]
@@ -170,9 +171,7 @@ class DistributionBackend:
         for target, record in targets:
             host = await self._nodes.host(sorted(record.nodes)[0])
             tags = [target.familiar]
-            image = ExportImage(id=record.id, repo_tags=tuple(tags), layers=tuple(
-                LayerRef(digest=layer["digest"], diff_id=layer["diff_id"], media_type=layer.get("media_type", ""),
-                         size=int(layer.get("size", 0))) for layer in record.layers))
+            image = ExportImage(id=record.id, repo_tags=tuple(tags), layers=layer_refs(record))
             async for event in host.images.push(image, target.canonical, auth):
                 if isinstance(event, PushResult):
                     await self._redis.hset(self._keys.digests, f"{target.repository}@{event.digest}", record.id)

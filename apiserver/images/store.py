@@ -61,10 +61,22 @@ return 0
 """
 
 
+# SADD the node (ARGV[1]) to the image's set (KEYS[2]) only while its record (KEYS[1]) exists: an
+# image removed during a copy is not brought back.
+_ADD_NODE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+
+
 class ImageStore:
     def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
+        self._add_node = redis.register_script(_ADD_NODE)
 
     async def add(self, record: ImageRecord, node: str, created_ns: int) -> bool:
         """Record an image held by ``node``; returns True if the image was new to the cluster."""
@@ -78,6 +90,10 @@ class ImageStore:
             pipe.zadd(self._keys.images_lex, {record.id.removeprefix("sha256:"): 0})
             await pipe.execute()
         return new
+
+    async def add_node(self, id: str, node: str) -> bool:
+        """Record that ``node`` now holds image ``id`` too; False if the image is gone."""
+        return bool(await self._add_node(keys=[self._keys.image(id), self._keys.image_nodes(id)], args=[node]))
 
     async def get(self, id: str) -> ImageRecord:
         async with self._redis.pipeline(transaction=False) as pipe:
