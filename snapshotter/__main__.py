@@ -280,6 +280,10 @@ async def _serve(config: Config) -> None:
             log.info("snapshotter_stopping", grace_period=config.grace_period)
             await server.stop(config.grace_period)  # stop accepting, drain, then cancel stragglers
             heartbeat.cancel()
+            # Removed snapshots' directories still being emptied (the next start's cleanup would
+            # finish them otherwise).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(overlay.settle(), config.grace_period)
         with contextlib.suppress(aioredis.RedisError, OSError):
             await redis.delete(keys.heartbeat(config.node_id, "snapshotter"))
         log.info("snapshotter_stopped")

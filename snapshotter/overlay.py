@@ -99,6 +99,7 @@ class OverlaySnapshotter:
         self._meta = meta
         self._options = tuple(mount_options)
         self._inflight: set[str] = set()
+        self._emptying: set[asyncio.Task[None]] = set()  # directories of removed snapshots
         self._log = structlog.get_logger().bind(component="snapshots", node=node)
 
     @classmethod
@@ -159,13 +160,20 @@ class OverlaySnapshotter:
             _rmtree(tmp)
             raise
 
-    def _remove_dir(self, id: str) -> None:
+    def _remove_dir_now(self, id: str) -> None:
+        doomed = self._set_aside(id)
+        if doomed is not None:
+            _rmtree(doomed)
+
+    def _set_aside(self, id: str) -> Path | None:
+        """Move a snapshot's directory out of the way (``rm-<id>``, which cleanup() finds after a
+        crash); None if it is gone already."""
         doomed = self._snapshots / f"rm-{id}"
         try:
             os.rename(self._dir(id), doomed)
         except FileNotFoundError:
-            return
-        _rmtree(doomed)
+            return None
+        return doomed
 
     async def _create(self, kind: Kind, key: str, parent: str, labels: Mapping[str, str] | None) -> list[Mount]:
         validate_key(key)
@@ -209,7 +217,7 @@ class OverlaySnapshotter:
         try:
             return await self._meta.create(key, id=id, kind=kind, parent=parent, labels=labels)
         except BaseException:
-            await asyncio.to_thread(self._remove_dir, id)
+            await asyncio.to_thread(self._remove_dir_now, id)
             raise
 
     async def prepare(self, key: str, parent: str = "", labels: Mapping[str, str] | None = None) -> list[Mount]:
@@ -244,8 +252,23 @@ class OverlaySnapshotter:
         rec = await self._meta.remove(key)
         # The record is gone, so the key is free at once; a crash before the directory is
         # deleted leaves an orphan for cleanup().
-        await asyncio.to_thread(self._remove_dir, rec.id)
+        doomed = await asyncio.to_thread(self._set_aside, rec.id)
+        if doomed is not None:  # emptied after the reply: a container's rm need not wait for it
+            task = asyncio.get_running_loop().create_task(asyncio.to_thread(self._empty, doomed))
+            self._emptying.add(task)
+            task.add_done_callback(self._emptying.discard)
         return rec
+
+    def _empty(self, doomed: Path) -> None:
+        try:
+            _rmtree(doomed)
+        except OSError as exc:  # left for cleanup(), which removes rm-* directories
+            self._log.warning("snapshot_dir_not_removed", path=str(doomed), error=str(exc))
+
+    async def settle(self) -> None:
+        """Wait until the directories of removed snapshots are deleted."""
+        while self._emptying:
+            await asyncio.wait(set(self._emptying))
 
     async def stat(self, key: str) -> Info:
         return (await self._meta.get(key)).info()

@@ -215,11 +215,15 @@ class ContainerBackend:
     async def _remove_record(self, record: ContainerRecord, *, force: bool, volumes: bool = False) -> None:
         host = await self._host(record)
         await _ignore_missing(host.runtime.delete(record.id, force=force))
-        await _ignore_missing(host.snapshots.remove(record.id))
+        # With the container gone, its filesystem, volumes and addresses are released side by side.
+        releases = [_ignore_missing(host.snapshots.remove(record.id))]
         if self._volumes is not None:  # `rm -v` and --rm also remove the anonymous volumes
-            await self._volumes.release(record, remove_anonymous=volumes)
+            releases.append(self._volumes.release(record, remove_anonymous=volumes))
         if self._networks is not None:
-            await self._networks.detach_container(record)
+            releases.append(self._networks.detach_container(record))
+        failures = [r for r in await asyncio.gather(*releases, return_exceptions=True) if isinstance(r, BaseException)]
+        if failures:
+            raise failures[0]
         await self.store.delete(record)
         await self._event(record, "destroy")
 

@@ -102,6 +102,7 @@ async def local_stack(scratch: Path, snapshot_redis: aioredis.Redis, keys: Keys)
     yield Stack(snapshotter=overlay, content=content, images=images, root=root, keys=keys, insecure=insecure,
                 certs_dir=certs_dir)
     await images.aclose()
+    await overlay.settle()
 
 
 def _registry(factory: pytest.TempPathFactory, mode: str) -> Iterator[Registry]:

@@ -51,6 +51,8 @@ async def test_remove_of_a_parent_races_a_new_child(local_stack: Stack, redis_cl
             await s.remove(child)
             await s.remove(parent)
     assert await keys_of(local_stack) == set()
+    assert not any(d.isdigit() for d in snapshot_dirs(local_stack))  # removed at once, emptied after
+    await s.settle()
     assert len(snapshot_dirs(local_stack)) == 0
 
 
