@@ -1,8 +1,8 @@
 """A file object that turns a possibly compressed tar stream into a plain one.
 
-``PUT /containers/{id}/archive`` accepts a tar that is plain, gzip, bzip2 or xz compressed
+``PUT /containers/{id}/archive`` accepts a tar that is plain, gzip, bzip2, xz or zstd compressed
 (Docker's ``archive.DecompressStream``). Berth always decompresses on the host side with the
-standard library's codecs (C implementations, no helper programs) and hands a plain tar to
+standard library's codecs and ``zstandard`` (C implementations, no helper programs) and hands a plain tar to
 whatever writes into the container: moby once ran ``xz``/``unpigz`` resolved inside the
 container's filesystem (CVE-2026-41567).
 """
@@ -18,11 +18,12 @@ import zlib
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from common.zstd import ZSTD_MAGIC, ZstdError, ZstdReader
+
 CHUNK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b\x08"
 BZIP2_MAGIC = b"BZh"
 XZ_MAGIC = b"\xfd7zXZ\x00"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 class DecompressError(Exception):
@@ -101,15 +102,19 @@ class PlainReader:
                 break
             head += more
         self.kind = sniff(head)
-        if self.kind == "zstd":
-            raise DecompressError("zstd-compressed archives are not supported")
-        self._in = head
-        self._dec: _Bounded | None = _Bounded(self.kind) if self.kind else None
+        self._zstd = ZstdReader(raw, head, read_size=CHUNK) if self.kind == "zstd" else None
+        self._in = b"" if self._zstd else head
+        self._dec: _Bounded | None = _Bounded(self.kind) if self.kind and not self._zstd else None
         self._buf = b""
         self._pos = 0
         self._done = False
 
     def _produce(self) -> bytes:
+        if self._zstd is not None:
+            try:
+                return self._zstd.read(CHUNK)
+            except ZstdError as exc:
+                raise DecompressError(str(exc)) from None
         if self._dec is None:
             if self._in:
                 data, self._in = self._in, b""

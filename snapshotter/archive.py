@@ -56,6 +56,7 @@ import structlog
 
 from common import fstree
 from common.fstree import MAX_HEADER_RECORD, ExtractOptions, FsError, clean_name
+from common.zstd import ZSTD_MAGIC, ZstdError, ZstdReader
 from protos.errors import BerthError, DigestMismatch, InvalidArgument, error_class
 from snapshotter.streams import CHUNK
 
@@ -65,7 +66,6 @@ __all__ = ["GZIP_MAGIC", "MAX_HEADER_RECORD", "ZSTD_MAGIC", "ApplyResult", "Laye
 log = structlog.get_logger()
 
 GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Full magics (bzip2: "BZh", level, block header): a tar's first bytes are a file name.
 _UNSUPPORTED_MAGIC = tuple((re.compile(m, re.DOTALL), kind) for m, kind in (
     (rb"BZh[1-9]1AY&SY", "bzip2"), (rb"\xfd7zXZ\x00", "xz")))
@@ -102,7 +102,7 @@ class ApplyResult:
 
 
 class LayerReader:
-    """A file object over a layer blob: transparent gunzip, sha256 and size of what it yields.
+    """A file object over a layer blob: transparent gunzip or zstd, sha256 and size of what it yields.
 
     Output is produced in pieces of at most ``chunk`` bytes, so a decompression bomb never sits
     in memory at once.
@@ -121,14 +121,14 @@ class LayerReader:
             if not more:
                 break
             head += more
-        if head.startswith(ZSTD_MAGIC):
-            raise InvalidArgument("zstd-compressed layers are not supported")
         for magic, kind in _UNSUPPORTED_MAGIC:
             if magic.match(head):
-                raise InvalidArgument(f"{kind}-compressed archives are not supported: use tar or tar.gz")
-        self.compressed = head.startswith(GZIP_MAGIC)
-        self._in = head
-        self._z: zlib._Decompress | None = zlib.decompressobj(wbits=31) if self.compressed else None
+                raise InvalidArgument(f"{kind}-compressed archives are not supported: use tar, tar.gz or tar.zst")
+        self._zstd = ZstdReader(raw, head, read_size=chunk) if head.startswith(ZSTD_MAGIC) else None
+        self.compression = "zstd" if self._zstd else "gzip" if head.startswith(GZIP_MAGIC) else ""
+        self.compressed = bool(self.compression)
+        self._in = b"" if self._zstd else head
+        self._z: zlib._Decompress | None = zlib.decompressobj(wbits=31) if self.compression == "gzip" else None
 
     @property
     def digest(self) -> str:
@@ -138,6 +138,11 @@ class LayerReader:
         return self._raw.read(self._chunk)
 
     def _produce(self) -> bytes:
+        if self._zstd is not None:
+            try:
+                return self._zstd.read(self._chunk)
+            except ZstdError as exc:
+                raise InvalidArgument(str(exc).replace("zstd stream", "zstd layer")) from None
         if not self.compressed:
             if self._in:
                 data, self._in = self._in, b""

@@ -99,8 +99,9 @@ MT_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
 MT_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 MT_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 MT_OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+MT_OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 DOCKER_LAYER_TYPES = frozenset({MT_DOCKER_LAYER_GZIP, MT_DOCKER_LAYER})
-LAYER_TYPES = DOCKER_LAYER_TYPES | {MT_OCI_LAYER, MT_OCI_LAYER_GZIP}
+LAYER_TYPES = DOCKER_LAYER_TYPES | {MT_OCI_LAYER, MT_OCI_LAYER_GZIP, MT_OCI_LAYER_ZSTD}
 CONFIG_TYPES = frozenset({MT_DOCKER_CONFIG, MT_OCI_CONFIG})
 SOURCE_LABEL = "containerd.io/distribution.source."
 MAX_CONFIG = 20 << 20  # containerd's limit for JSON documents
@@ -154,9 +155,7 @@ def _descriptor(doc: Any, what: str) -> Descriptor:
 
 
 def _layer_type_error(media_type: str) -> InvalidArgument:
-    if "zstd" in media_type:
-        why = "zstd-compressed layers are not supported"
-    elif "foreign" in media_type or "nondistributable" in media_type:
+    if "foreign" in media_type or "nondistributable" in media_type:
         why = "foreign (non-distributable) layers are not supported"
     else:
         why = "not a layer type this host can unpack"
@@ -170,7 +169,7 @@ class _ImageManifest:
 
 
 def parse_image_manifest(manifest: Manifest) -> _ImageManifest:
-    """The config and layer descriptors of an image manifest; foreign, zstd and unknown layer
+    """The config and layer descriptors of an image manifest; foreign and unknown layer
     types are refused before anything is fetched."""
     doc = _json_object(manifest.body, "manifest")
     if doc.get("schemaVersion") != 2:
@@ -665,9 +664,13 @@ class Distribution:
                 except BlobNotFound:
                     raise NotFound(f"layer {layer.digest} of image {image.id} is not stored on this host") from None
                 digest = layer.diff_id
-            compressed = digest != layer.diff_id  # stored as received: gzip, or the plain tar
-            media_type = (MT_DOCKER_LAYER_GZIP if compressed else MT_DOCKER_LAYER) if docker else \
-                (MT_OCI_LAYER_GZIP if compressed else MT_OCI_LAYER)
+            compressed = digest != layer.diff_id  # stored as received: gzip or zstd, or the plain tar
+            if not compressed:
+                media_type = MT_DOCKER_LAYER if docker else MT_OCI_LAYER
+            elif layer.media_type == MT_OCI_LAYER_ZSTD:
+                media_type = MT_OCI_LAYER_ZSTD
+            else:
+                media_type = MT_DOCKER_LAYER_GZIP if docker else MT_OCI_LAYER_GZIP
             descriptors.append({"mediaType": media_type, "size": info.size, "digest": digest})
             pushed.append(digest)
             if digest not in uploads:

@@ -102,6 +102,7 @@ MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MT_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 MT_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 MT_OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+MT_OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 INDEX_TYPES = {MT_OCI_INDEX, MT_DOCKER_LIST}
@@ -265,7 +266,7 @@ def _layer_media_type(member: _Member) -> str:
     with open(member.path, "rb") as f:
         head = f.read(4)
     if head.startswith(ZSTD_MAGIC):
-        raise InvalidArgument("zstd-compressed layers are not supported")
+        return MT_OCI_LAYER_ZSTD
     return MT_OCI_LAYER_GZIP if head.startswith(GZIP_MAGIC) else MT_OCI_LAYER
 
 
@@ -418,8 +419,6 @@ def _oci_plan(spool: _Spool, manifest_digest: str) -> _Plan:
     refs = []
     for desc, diff_id in zip(layer_descs, diff_ids, strict=True):
         digest, size, media_type = _descriptor(desc, "layer")
-        if "zstd" in media_type:
-            raise InvalidArgument(f"unsupported layer media type {media_type}")
         member = spool.blob(digest, "layer", size)
         refs.append((LayerRef(digest=digest, diff_id=diff_id, media_type=media_type or _layer_media_type(member),
                               size=size), member))

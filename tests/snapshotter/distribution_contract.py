@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from protos.errors import (
     BerthError,
@@ -33,6 +34,7 @@ from tests.snapshotter.contract import keys_of
 from tests.snapshotter.layers import chunks_of, d, f, gzip_bytes, sym, tar_bytes
 from tests.snapshotter.registries import (
     MT_DOCKER_LAYER_GZIP,
+    MT_OCI_LAYER_ZSTD,
     CountingProxy,
     FakeRegistry,
     build,
@@ -233,6 +235,24 @@ class DistributionContract:
             assert "Pull complete" in statuses(progress, shared_digest[7:19])
         assert (await stack.snapshotter.stat(r2.image.chain_id)).parent == one.diff_ids[0]
 
+    async def test_zstd_layers_pull_push_and_export(self, stack: Stack, plain: Registry) -> None:
+        image = small("zstd")
+        blobs = [zstandard.ZstdCompressor(write_checksum=True).compress(layer) for layer in image.layers]
+        built = build(image, oci=True, blobs=blobs, layer_types=[MT_OCI_LAYER_ZSTD] * len(blobs))
+        await publish(plain.host, "berth/zstd", "v1", built)
+        _, result = await drain(stack.images.pull(f"{plain.host}/berth/zstd:v1", ANON))
+        assert result.image.id == image.id and result.image.chain_id == image.chain_ids()[-1]
+        assert [(x.digest, x.media_type) for x in result.image.layers] == [(sha(b), MT_OCI_LAYER_ZSTD) for b in blobs]
+        assert {"app", "app/data"} <= await files_in(stack, result.image.chain_id)
+        # Pushed on as stored: the same zstd blobs under their own media type.
+        export = ExportImage(id=image.id, repo_tags=(), layers=result.image.layers)
+        await drain_push(stack.images.push(export, f"{plain.host}/berth/zstd-copy:v1", ANON))
+        _, doc = await fetch_manifest(plain.host, "berth/zstd-copy", "v1")
+        assert [(x["mediaType"], x["digest"]) for x in doc["layers"]] == [(MT_OCI_LAYER_ZSTD, sha(b)) for b in blobs]
+        # docker save writes plain tars, as it does for gzip layers.
+        saved = b"".join([c async for c in stack.images.export_archive([export])])
+        assert all(diff_id[7:] in saved.decode("latin-1") for diff_id in image.diff_ids)
+
     # -- push -------------------------------------------------------------------------------
     async def test_push_then_pull_back(self, stack: Stack, plain: Registry, scratch: Path) -> None:
         image = small("roundtrip")
@@ -331,7 +351,7 @@ class DistributionContract:
     @pytest.mark.parametrize("fault", [
         "wrong-blob-bytes", "truncated-blob", "oversized-blob", "wrong-diff-id", "wrong-config-bytes",
         "layer-count", "too-many-layers", "oversized-manifest", "bogus-realm", "unreachable-realm", "429-storm",
-        "zstd-layer", "foreign-layer", "path-traversal"])
+        "truncated-zstd-layer", "foreign-layer", "path-traversal"])
     async def test_lying_registry_leaves_nothing(self, stack: Stack, fake: FakeRegistry, fault: str) -> None:
         image = small(fault)
         built = build(image)
@@ -373,9 +393,11 @@ class DistributionContract:
         elif fault == "429-storm":
             fake.statuses = [429] * 50
             expected = ResourceExhausted, "toomanyrequests"
-        elif fault == "zstd-layer":
-            built = build(image, layer_types=[MT_DOCKER_LAYER_GZIP, "application/vnd.oci.image.layer.v1.tar+zstd"])
-            expected = InvalidArgument, "zstd-compressed layers are not supported"
+        elif fault == "truncated-zstd-layer":  # its digest is right: a truncated stream was published
+            packed = zstandard.ZstdCompressor().compress(image.layers[-1])
+            built = build(image, oci=True, blobs=[built.blobs[0], packed[:len(packed) // 2]],
+                          layer_types=[MT_DOCKER_LAYER_GZIP, MT_OCI_LAYER_ZSTD])
+            expected = InvalidArgument, "unexpected EOF: the zstd layer is truncated"
         elif fault == "foreign-layer":
             built = build(image, layer_types=[MT_DOCKER_LAYER_GZIP,
                                               "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"])

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from protos.errors import DigestMismatch, InvalidArgument, UnsafeArchive
 from snapshotter.archive import MAX_HEADER_RECORD, ApplyResult, LayerReader, apply_layer
@@ -227,6 +228,8 @@ def test_diff_id_gzip_and_multi_member(box: Box) -> None:
     split = len(raw) // 3
     two_members = gzip.compress(raw[:split]) + gzip.compress(raw[split:])
     assert box.apply(two_members).diff_id == sha256(raw)
+    zst = zstandard.ZstdCompressor().compress(raw[:split]) + zstandard.ZstdCompressor().compress(raw[split:])
+    assert box.apply(zst, expected_diff_id=sha256(raw)).size == len(raw)  # two frames, one stream
     with pytest.raises(DigestMismatch, match="invalid diffID"):
         box.apply(raw, expected_diff_id=sha256(b"other"))
 
@@ -248,8 +251,15 @@ def test_truncated_and_corrupt_input(box: Box) -> None:
     bad_header[1024 + 148:1024 + 156] = b"0000000\0"  # second header's checksum
     with pytest.raises(InvalidArgument, match="invalid tar header"):
         box.apply(bytes(bad_header))
-    with pytest.raises(InvalidArgument, match="zstd"):
+    with pytest.raises(InvalidArgument, match="zstd layer is truncated"):  # empty blocks, never a last one
         box.apply(b"\x28\xb5\x2f\xfd" + bytes(100))
+    with pytest.raises(InvalidArgument, match="invalid zstd layer"):
+        box.apply(b"\x28\xb5\x2f\xfd\x08" + bytes(100))  # a reserved bit
+    zst = zstandard.ZstdCompressor().compress(raw)
+    with pytest.raises(InvalidArgument, match="unexpected EOF: the zstd layer is truncated"):
+        box.apply(zst[:len(zst) // 2])
+    with pytest.raises(InvalidArgument, match="invalid zstd layer"):
+        box.apply(zst + b"not zstd")
 
 
 def test_header_records_are_bounded(box: Box) -> None:
