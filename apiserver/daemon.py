@@ -227,7 +227,7 @@ class Daemon:
 
         def new_builder() -> Builder:
             return Builder(images=image_store, nodes=directory, cache=BuildCache(redis, f"{keys.ns}:build:cache"),
-                           pull=pull_for_build)
+                           pull=pull_for_build, networks=networks)
 
         app = build_app([system_router.register, containers_router.register, images_router.register,
                          build_router.register, networks_router.register, runtime_router.register,

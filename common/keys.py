@@ -85,6 +85,11 @@ class Keys:
     def heartbeat(self, node: str, part: str) -> str:
         return f"{self.ns}:node:{node}:hb:{part}"
 
+    # A build's RUN step on the default bridge holds its address under this lease (string, with a
+    # TTL), which the networks' orphan collection honours as it does a container record.
+    def build_step(self, id: str) -> str:
+        return f"{self.ns}:build:step:{id}"
+
     # networks: hash net:<id> (config JSON); nets / nets:lex as for containers; netnames maps
     # name → id; net:<id>:eps maps container id → endpoint JSON; net:<id>:ipam maps address →
     # owner (IPAM allocations, see apiserver/networks/store.py); subnets maps subnet → id.

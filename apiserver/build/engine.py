@@ -23,7 +23,7 @@ import posixpath
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -35,6 +35,7 @@ from apiserver.build.shell import Lexer
 from apiserver.containers.views import rfc3339_nano
 from apiserver.images.replicate import ImageReplicator
 from apiserver.images.store import ImageRecord, ImageStore
+from apiserver.networks.backend import NetworkBackend
 from apiserver.nodes import HostServices, NodeDirectory
 from protos.errors import BerthError, InvalidArgument, NotFound
 from registry_client import reference
@@ -72,7 +73,7 @@ class BuildOptions:
     quiet: bool = False
     platform: str = ""
     auth: dict[str, RegistryAuth] = field(default_factory=dict)
-    network: str = "default"  # RUN steps: host, none, or default (a private namespace with lo only)
+    network: str = "default"  # RUN steps: default (the default bridge), host, or none (lo only)
 
 
 @dataclass(slots=True)
@@ -135,8 +136,10 @@ class Builder:
     """Runs one build. ``pull`` pulls a base image onto a node (the distribution backend's)."""
 
     def __init__(self, *, images: ImageStore, nodes: NodeDirectory, cache: BuildCache,
-                 pull: Callable[[str, RegistryAuth], AsyncIterator[Message]]) -> None:
+                 pull: Callable[[str, RegistryAuth], AsyncIterator[Message]],
+                 networks: NetworkBackend | None = None) -> None:
         self._images = images
+        self._networks = networks
         self._nodes = nodes
         self._replicator = ImageReplicator(images, nodes)
         self._cache = cache
@@ -635,7 +638,11 @@ class Builder:
             args=tuple(argv), env=tuple(env), cwd=config.get("WorkingDir") or "/", user=config.get("User") or ""),
             network=NamespaceMode.HOST if options.network == "host" else NamespaceMode.PRIVATE)
         committed = False
+        on_bridge = options.network == "default" and self._networks is not None
         try:
+            if on_bridge:  # as the classic builder: RUN steps on the default bridge
+                assert self._networks is not None
+                spec = replace(spec, networking=await self._networks.attach_build_step(cid, self._node))
             await host.runtime.create(spec)
             try:
                 output = aiter(host.runtime.attach(cid, AttachOptions(stdin=False), _no_stdin()))
@@ -660,6 +667,10 @@ class Builder:
             result = await host.images.commit_layer(f"build-{cid}", consume=True)
             committed = True
         finally:
+            if on_bridge:
+                assert self._networks is not None
+                with contextlib.suppress(BerthError):
+                    await self._networks.detach_build_step(cid)
             if not committed:
                 with contextlib.suppress(BerthError):
                     await host.snapshots.remove(f"build-{cid}")

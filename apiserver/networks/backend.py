@@ -43,6 +43,7 @@ LIST_FILTERS = ("dangling", "driver", "id", "label", "name", "scope", "type")
 PRUNE_FILTERS = ("until", "label", "label!")
 PREDEFINED = ("bridge", "host", "none")
 ORPHAN_GRACE_NS = 60 * 1_000_000_000
+BUILD_STEP_LEASE = 24 * 3600  # seconds: longer than any RUN step
 _OPT_BRIDGE = "com.docker.network.bridge.name"
 _OPT_ICC = "com.docker.network.bridge.enable_icc"
 _OPT_MASQ = "com.docker.network.bridge.enable_ip_masquerade"
@@ -121,7 +122,7 @@ class NetworkBackend:
                 await self._containers.get(container)
                 return True
             except ContainerNotFound:
-                return False
+                return bool(await self._redis.exists(self._keys.build_step(container)))
 
         for record in await self.store.all():
             released = await self.store.collect_orphans(record.id, container_exists=exists, grace_ns=ORPHAN_GRACE_NS)
@@ -473,6 +474,28 @@ class NetworkBackend:
             "DriverOpts": ep_cfg.get("DriverOpts") or None,
             "GwPriority": int(ep_cfg.get("GwPriority") or 0),
         }, dns_names=dns_names)
+
+    async def attach_build_step(self, run_id: str, node_id: str) -> Networking:
+        """The default bridge for a build's ``RUN`` step, where the classic builder runs them: an
+        address for ``run_id`` on ``node_id``, held by a lease that keeps :meth:`reconcile` away
+        while the step runs (and lets it collect the address after a crash)."""
+        net = await self.store.resolve("bridge")
+        await self.ensure_on_node(net, node_id)
+        lease = self._keys.build_step(run_id)
+        await self._redis.set(lease, node_id, ex=BUILD_STEP_LEASE)
+        step = ContainerRecord(id=run_id, config={"Name": f"/build-{run_id[:12]}"}, state={}, node=node_id)
+        try:
+            endpoint = await self._allocate(step, net, {})
+        except BaseException:
+            await self._redis.delete(lease)
+            raise
+        return Networking(mode=NetworkMode.BRIDGE, endpoints=(endpoint,))
+
+    async def detach_build_step(self, run_id: str) -> None:
+        net = await self.store.find("bridge")
+        if net is not None:
+            await self.store.detach(net.id, run_id)
+        await self._redis.delete(self._keys.build_step(run_id))
 
     async def detach_container(self, record: ContainerRecord) -> None:
         """Release every endpoint of a removed container."""

@@ -295,3 +295,29 @@ def test_cache_survives_a_restart_and_context_limit(session_root: Path, session_
         assert too_big.returncode == 1 and "build context is larger than the limit" in too_big.stderr
     finally:
         daemon.cleanup()
+
+
+def test_run_steps_use_the_default_bridge(dkr: Docker, loaded: str, tmp_path: Path) -> None:
+    web = dkr("run", "-d", "busybox", "sh", "-c", "mkdir /www && echo served > /www/f && exec httpd -f -p 8080 -h /www")
+    assert web.returncode == 0, web.stderr
+    web_id = web.stdout.strip()
+    try:
+        address = dkr("inspect", "-f", "{{.NetworkSettings.IPAddress}}", web_id).stdout.strip()
+        assert address
+        ctx = _context(tmp_path, "FROM busybox\nARG WEB\nRUN ls /sys/class/net\n"
+                                 "RUN wget -q -O /fetched http://$WEB:8080/f\n")
+        built = dkr("build", "--no-cache", "-t", "berth-test/bridge-run", "--build-arg", f"WEB={address}", str(ctx),
+                    env=LEGACY)
+        assert built.returncode == 0, built.stdout + built.stderr
+        assert "eth0\nlo\n" in built.stdout
+        assert dkr("run", "--rm", "berth-test/bridge-run", "cat", "/fetched").stdout == "served\n"
+        # The steps' addresses went with them.
+        network = json.loads(dkr("network", "inspect", "bridge").stdout)[0]
+        assert set(network["Containers"]) == {web_id}
+        isolated = dkr("build", "--no-cache", "--network", "none", "-t", "berth-test/bridge-none", str(ctx),
+                       env=LEGACY)
+        assert isolated.returncode != 0  # no way to the server without a network
+        assert "lo\n" in isolated.stdout and "eth0" not in isolated.stdout
+    finally:
+        dkr("rm", "-f", web_id)
+        dkr("rmi", "-f", "berth-test/bridge-run")
