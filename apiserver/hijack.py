@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
@@ -78,6 +78,7 @@ class _HijackProtocol(asyncio.Protocol):
         self.transport = transport
         self.incoming: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.lost = asyncio.Event()
+        self.on_lost: list[Callable[[], None]] = []
         self._can_write = asyncio.Event()
         self._can_write.set()
 
@@ -92,6 +93,9 @@ class _HijackProtocol(asyncio.Protocol):
         self.lost.set()
         self._can_write.set()
         self.incoming.put_nowait(None)
+        callbacks, self.on_lost = self.on_lost, []
+        for callback in callbacks:
+            callback()
 
     def pause_writing(self) -> None:
         self._can_write.clear()
@@ -118,6 +122,13 @@ class HijackedConnection:
 
     async def wait_closed(self) -> None:
         await self._protocol.lost.wait()
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the client is gone (at once if it is already)."""
+        if self.closed:
+            callback()
+        else:
+            self._protocol.on_lost.append(callback)
 
     async def read(self) -> bytes | None:
         """Next chunk from the client; ``None`` once it half-closed or disconnected."""

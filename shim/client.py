@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from protos.errors import Unavailable
+from protos.errors import Unavailable, Unimplemented
 from protos.rpc import rpc_errors, stream_errors
 from protos.shim.v1 import shim_pb2 as pb
 from protos.shim.v1 import shim_pb2_grpc
@@ -216,6 +216,13 @@ class RemoteRuntime:
     async def exec(self, id: str, spec: ExecSpec,
                    stdin: AsyncIterator[AttachInput]) -> tuple[ExecState, AsyncIterator[Output]]:
         await self._subscriptions_in_place()
+        if not spec.process.open_stdin or spec.detach:
+            # Nothing goes up: one request (a shim from before ExecOutput gets the stream call).
+            call = self._stub.ExecOutput(convert.exec_request(id, spec))
+            try:
+                return await self._exec_started(call)
+            except Unimplemented:
+                pass
 
         async def requests() -> AsyncIterator[pb.ExecRequest]:
             yield convert.exec_request(id, spec)
@@ -225,7 +232,10 @@ class RemoteRuntime:
                     if item.close:
                         return
 
-        call = self._stub.Exec(requests())
+        return await self._exec_started(self._stub.Exec(requests()))
+
+    async def _exec_started(self, call: Any) -> tuple[ExecState, AsyncIterator[Output]]:
+        """The exec's state once the shim says it runs, and its output."""
         try:
             async with rpc_errors():
                 first = await call.read()

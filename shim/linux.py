@@ -456,7 +456,7 @@ class LinuxRuntime:
         if spec.detach:
             result, error = await self._ctl().call("exec", cid=id, spec=wire.encode(spec))
         else:
-            stream, result, error = await ExecStream.open(self._socket, id, spec)
+            stream, result, error = await ExecStream.open(self._socket, id, spec, idle=self._ctl().idle)
         seq = int(result.get("seq", 0)) if isinstance(result, dict) else 0
         await self._recorded(seq)  # its start (or failed start) is in the state store
         if error is not None:

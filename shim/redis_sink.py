@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 import structlog
 
-from common.events import append_event
+from common.events import EVENTS_MAXLEN, append_event, event_message
 from common.keys import Keys, text, version_stamp
 from shim.api import ContainerState, EventType, ExecState, TaskEvent
 
@@ -39,17 +40,23 @@ return redis.call('HGET', KEYS[1], 'config') or ''
 _ACTIONS = {EventType.START: "start", EventType.EXIT: "die", EventType.OOM: "oom", EventType.PAUSE: "pause",
             EventType.RESUME: "unpause"}
 
-# An exec's transition in one call. The container's state as _SET_STATE (KEYS[1], ARGV[1], ARGV[2]);
-# then, unless the container is gone, the exec's ``state`` (ARGV[3]) if its hash KEYS[2] exists (a
-# container removal may have dropped it); once it exited (ARGV[4], the record's time to live in
-# seconds, is not ""), the record's expiry and the exec's (ARGV[5]) removal from the container's
-# set KEYS[3]. Returns what _SET_STATE returns.
+# An exec's transition in one call. Unless the container's hash KEYS[1] is gone (then false): the
+# container's state as _SET_STATE (ARGV[1], ARGV[2]); the exec's ``state`` (ARGV[3]) if its hash
+# KEYS[2] exists (a container removal may have dropped it); once it exited (ARGV[4], the record's
+# time to live in seconds, is not ""), the record's expiry and the exec's (ARGV[5]) removal from
+# the container's set KEYS[3]. The caller knows the container's actor attributes if its ``v``
+# stamp was ARGV[6] (not ""): then the event ARGV[7] (if not "") goes to the stream KEYS[4]
+# (capped near ARGV[8] entries) and {1, v} is returned; else {0, v, config}, and the caller
+# appends the event itself. ``v`` is the stamp after this call ("" if the hash has none).
 _SET_EXEC_STATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return false
 end
+local v = redis.call('HGET', KEYS[1], 'v')
+local known = ARGV[6] ~= '' and v == ARGV[6]
 if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then
   redis.call('HSET', KEYS[1], 'state', ARGV[1], 'v', ARGV[2])
+  v = ARGV[2]
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('HSET', KEYS[2], 'state', ARGV[3])
@@ -60,18 +67,37 @@ end
 if ARGV[4] ~= '' then
   redis.call('SREM', KEYS[3], ARGV[5])
 end
-return redis.call('HGET', KEYS[1], 'config') or ''
+if not known then
+  return {0, v or '', redis.call('HGET', KEYS[1], 'config') or ''}
+end
+if ARGV[7] ~= '' then
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'e', ARGV[7])
+end
+return {1, v or ''}
 """
 # An exec's record outlives its exit this long (moby forgets exited execs after 5-10 minutes).
 EXEC_RECORD_TTL = 600
 
 
+# Containers whose actor attributes the sink keeps (by their ``v`` stamp) for exec events.
+MAX_KNOWN_ACTORS = 4096
+
+
+def _dataclass_json(value: ContainerState | ExecState) -> str:
+    """Compact JSON of a state, as ``json.dumps(asdict(value), separators=(",", ":"))`` writes it
+    (orjson is ten times faster; the stdlib escapes non-ASCII, so such text goes through it)."""
+    raw = orjson.dumps(value)
+    if raw.isascii():
+        return raw.decode()
+    return json.dumps(asdict(value), separators=(",", ":"))
+
+
 def state_json(state: ContainerState) -> str:
-    return json.dumps(asdict(state), separators=(",", ":"))
+    return _dataclass_json(state)
 
 
 def exec_state_json(state: ExecState) -> str:
-    return json.dumps(asdict(state), separators=(",", ":"))
+    return _dataclass_json(state)
 
 
 def actor_attributes(config_json: str | bytes) -> dict[str, str]:
@@ -94,15 +120,25 @@ def actor_attributes(config_json: str | bytes) -> dict[str, str]:
     return attributes
 
 
+def _exec_die_json(run: ExecState, attributes: dict[str, str]) -> str:
+    """The ``exec_die`` event of ``run``, as :func:`common.events.append_event` encodes events."""
+    message = event_message("container", "exec_die", run.container_id,
+                            {**attributes, "execID": run.exec_id, "exitCode": str(run.exit_code)})
+    return json.dumps(message, separators=(",", ":"))
+
+
 class RedisStateSink:
     def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
         self._set_state = redis.register_script(_SET_STATE)
         self._set_exec_state = redis.register_script(_SET_EXEC_STATE)
+        # container id → (``v`` stamp, actor attributes): what exec events need of its config
+        self._actors: dict[str, tuple[str, dict[str, str]]] = {}
 
     async def record(self, event: TaskEvent) -> None:
         if event.type is EventType.DELETE:
+            self._actors.pop(event.state.id, None)
             return  # the apiserver removes the record and reports "destroy"
         state = event.state
         run = event.exec
@@ -130,19 +166,34 @@ class RedisStateSink:
 
     async def _record_exec(self, type: EventType, state: ContainerState, run: ExecState) -> None:
         """The container's state, the exec's and, once it exited, its ``exec_die`` event: one
-        script call, and the event's append."""
+        script call (two when the container's attributes are not known at its current stamp)."""
         exited = type is EventType.EXEC_EXIT
+        known = self._actors.get(state.id)
+        event = ""
+        if exited and known is not None:
+            event = _exec_die_json(run, known[1])
         keys = [self._keys.container(state.id), self._keys.exec(run.exec_id),
-                self._keys.container_execs(run.container_id)]
-        config = await self._set_exec_state(
+                self._keys.container_execs(run.container_id), self._keys.events]
+        reply = await self._set_exec_state(
             keys=keys, args=[state_json(state), version_stamp(), exec_state_json(run),
-                             str(EXEC_RECORD_TTL) if exited else "", run.exec_id])
-        if config is None:
+                             str(EXEC_RECORD_TTL) if exited else "", run.exec_id, known[0] if known else "",
+                             event, EVENTS_MAXLEN])
+        if reply is None:
+            self._actors.pop(state.id, None)
             log.debug("state_for_unknown_container", container=state.id[:12])
             return
+        stamp = text(reply[1])
+        if reply[0] == 1 and known is not None:
+            self._actors[state.id] = (stamp, known[1])  # the stamp moved with this call's write only
+            return
+        attributes = actor_attributes(reply[2])
+        if stamp:
+            if len(self._actors) >= MAX_KNOWN_ACTORS:
+                self._actors.clear()
+            self._actors[state.id] = (stamp, attributes)
         if exited:
-            await append_event(self._redis, self._keys, "container", "exec_die", run.container_id,
-                               {**actor_attributes(config), "execID": run.exec_id, "exitCode": str(run.exit_code)})
+            await self._redis.xadd(self._keys.events, {"e": _exec_die_json(run, attributes)},
+                                   maxlen=EVENTS_MAXLEN, approximate=True)
 
     async def _record_probe(self, event: TaskEvent, attributes: dict[str, str]) -> None:
         """A health probe is an exec to Docker: exec_create, exec_start and exec_die events, then

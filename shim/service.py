@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpc
@@ -113,10 +113,21 @@ class TasksServicer(shim_pb2_grpc.TasksServicer):
     async def Exec(self, request_iterator: AsyncIterator[pb.ExecRequest],
                    context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExecResponse]:
         first = await anext(aiter(request_iterator), None)
+        async with contextlib.aclosing(self._exec(first, _exec_stdin(request_iterator))) as responses:
+            async for response in responses:
+                yield response
+
+    async def ExecOutput(self, request: pb.ExecRequest,
+                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExecResponse]:
+        async with contextlib.aclosing(self._exec(request, _no_stdin())) as responses:
+            async for response in responses:
+                yield response
+
+    async def _exec(self, first: pb.ExecRequest | None,
+                    stdin: AsyncIterator[AttachInput]) -> AsyncGenerator[pb.ExecResponse, None]:
         if first is None or not first.HasField("spec"):
             raise InvalidArgument("exec: the first message must name the container and the process")
-        state, outputs = await self._runtime.exec(first.id, convert.exec_spec_from_proto(first.spec),
-                                                  _exec_stdin(request_iterator))
+        state, outputs = await self._runtime.exec(first.id, convert.exec_spec_from_proto(first.spec), stdin)
         try:
             yield pb.ExecResponse(started=convert.exec_state_to_proto(state))
             async for output in outputs:
@@ -138,6 +149,11 @@ class TasksServicer(shim_pb2_grpc.TasksServicer):
 async def _exec_stdin(requests: AsyncIterator[pb.ExecRequest]) -> AsyncIterator[AttachInput]:
     async for request in requests:
         yield convert.exec_input_from_proto(request)
+
+
+async def _no_stdin() -> AsyncIterator[AttachInput]:
+    return
+    yield  # an async generator with nothing in it
 
 
 async def _stdin(requests: AsyncIterator[pb.AttachRequest]) -> AsyncIterator[AttachInput]:

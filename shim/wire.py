@@ -29,6 +29,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
+
 HEADER = struct.Struct(">BI")
 # A frame bigger than this is a protocol error (stdio chunks are at most 64 KiB, specs are small).
 MAX_FRAME = 16 * 1024 * 1024
@@ -178,3 +180,15 @@ def _decode(tp: Any, data: Any) -> Any:
 
 def error_payload(cls_name: str, message: str) -> dict[str, str]:
     return {"class": cls_name, "message": message}
+
+
+def compact_json(value: Any) -> bytes:
+    """``value`` as compact JSON, dataclasses and enums as :func:`encode` gives them, for the
+    messages every exec sends (events, the exec's reply and END: states and numbers, no floats).
+    orjson does it ten times faster than the stdlib does both steps, with non-ASCII text as UTF-8
+    instead of escapes (the same JSON to any reader); what it refuses (lone surrogates) goes the
+    stdlib's way."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(encode(value), separators=(",", ":")).encode()

@@ -1,13 +1,17 @@
-"""Exec sessions: created by the API server (record ``exec:<id>`` with its ``config``, listed in
-the container's ``ctr:<id>:execs``), run by the shim of the container's node, which writes the
-record's ``state`` (running, pid, exit code) and the ``exec_die`` event; ``exec_create`` and
-``exec_start`` come from here, as dockerd emits them.
+"""Exec sessions: created by the API server (record ``exec:<id>`` with its ``config`` and the
+container's id ``cid``, listed in the container's ``ctr:<id>:execs``), run by the shim of the
+container's node, which writes the record's ``state`` (running, pid, exit code) and the
+``exec_die`` event; ``exec_create`` and ``exec_start`` come from here, as dockerd emits them.
+
+An exec costs few Redis round trips, each one script: the record and its event are written
+together; the record is read together with its container's; the start is claimed, the
+container found still running and ``exec_start`` appended in one more.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import json
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,12 +21,64 @@ import redis.asyncio as aioredis
 
 from apiserver.containers import create as create_mod
 from apiserver.containers.store import ContainerRecord, ContainerStore
+from apiserver.fastjson import dumps, loads
 from apiserver.hijack import parse_detach_keys
 from apiserver.nodes import NodeDirectory
-from common.events import append_event
+from common.events import EVENTS_MAXLEN, append_event, event_message
 from common.keys import Keys, text
 from protos.errors import Conflict, ContainerNotFound, ContainerNotRunning, InvalidArgument, NotFound
 from shim.api import AttachInput, ExecSpec, ExecState, Output, ProcessSpec, Runtime
+
+# A new exec: its record KEYS[1] (``config`` ARGV[1], container id ARGV[2]), listed in the
+# container's set KEYS[2] (as ARGV[3]), and its ``exec_create`` event ARGV[4] appended to the
+# stream KEYS[3] (capped near ARGV[5] entries). One script: half the client's work of a MULTI.
+_CREATE = """
+redis.call('HSET', KEYS[1], 'config', ARGV[1], 'cid', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'e', ARGV[4])
+return 1
+"""
+
+# An exec record (KEYS[1]) and its container's: the exec's config, state ("" when absent),
+# started ("1" or ""), container id; then the container's config, state and node ("" when absent)
+# if ARGV[2] is "1", else whether its record exists ("1" or ""). False if the exec is unknown.
+# ARGV[1] is the container key without the id. Records written before ``cid`` existed name the
+# container only in their config.
+_READ = """
+local exec = redis.call('HMGET', KEYS[1], 'config', 'state', 'started', 'cid')
+if not exec[1] then
+  return false
+end
+local cid = exec[4] or cjson.decode(exec[1])['ContainerID']
+local out = {exec[1], exec[2] or '', exec[3] and '1' or '', cid}
+local key = ARGV[1] .. cid
+if ARGV[2] == '1' then
+  local c = redis.call('HMGET', key, 'config', 'state', 'node')
+  out[5], out[6], out[7] = c[1] or '', c[2] or '', c[3] or ''
+else
+  out[5] = redis.call('HEXISTS', key, 'config') == 1 and '1' or ''
+end
+return out
+"""
+
+# Claim the start of exec KEYS[1] once its container KEYS[2] is still running, and append the
+# ``exec_start`` event ARGV[1] to the stream KEYS[3] (capped at about ARGV[2] entries). Returns
+# {"ok"}; {"gone"} if either record is gone; {"state", <container state>} if the container does
+# not run; {"started", <exec state or "">} if someone started the exec already.
+_START = """
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[2], 'config') == 0 then
+  return {'gone'}
+end
+local state = redis.call('HGET', KEYS[2], 'state') or ''
+if state == '' or cjson.decode(state)['status'] ~= 'running' then
+  return {'state', state}
+end
+if redis.call('HSETNX', KEYS[1], 'started', '1') == 0 then
+  return {'started', redis.call('HGET', KEYS[1], 'state') or ''}
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1])
+return {'ok'}
+"""
 
 
 class ExecNotFound(NotFound):
@@ -35,6 +91,7 @@ class ExecRecord:
     config: dict[str, Any]
     state: dict[str, Any]
     started: bool
+    container: ContainerRecord | None = None  # its container's record, when read with it
 
     @property
     def container_id(self) -> str:
@@ -56,26 +113,36 @@ def _replace_or_append(base: list[str], extra: list[str]) -> list[str]:
     return out
 
 
+def _attributes(record: ContainerRecord, **extra: str) -> dict[str, str]:
+    """The actor attributes of a container event, as dockerd gives them."""
+    return {"image": record.config["Config"].get("Image", ""), "name": record.name,
+            **(record.config["Config"].get("Labels") or {}), **extra}
+
+
+def _discard(task: asyncio.Future[Any]) -> None:
+    """Done callback of a task whose result nobody wants: its exception is not an error."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _runnable(status: str, id: str, name: str) -> None:
+    if status == "paused":
+        raise Conflict(f"Container {name} is paused, unpause the container before exec")
+    if status == "restarting":
+        raise Conflict(f"Container {id} is restarting, wait until the container is running")
+    if status != "running":
+        raise ContainerNotRunning(f"container {id} is not running")
+
+
 class ExecBackend:
     def __init__(self, *, redis: aioredis.Redis, keys: Keys, containers: ContainerStore, nodes: NodeDirectory) -> None:
         self._redis = redis
         self._keys = keys
         self._containers = containers
         self._nodes = nodes
-
-    async def _event(self, record: ContainerRecord, action: str, **extra: str) -> None:
-        attrs = {"image": record.config["Config"].get("Image", ""), "name": record.name,
-                 **(record.config["Config"].get("Labels") or {}), **extra}
-        await append_event(self._redis, self._keys, "container", action, record.id, attrs)
-
-    @staticmethod
-    def _runnable(record: ContainerRecord, name: str) -> None:
-        if record.status == "paused":
-            raise Conflict(f"Container {name} is paused, unpause the container before exec")
-        if record.status == "restarting":
-            raise Conflict(f"Container {record.id} is restarting, wait until the container is running")
-        if not record.running:
-            raise ContainerNotRunning(f"container {record.id} is not running")
+        self._create_script = redis.register_script(_CREATE)
+        self._read_script = redis.register_script(_READ)
+        self._start_script = redis.register_script(_START)
 
     async def create(self, ref: str, body: Any) -> str:
         if not isinstance(body, dict):
@@ -86,7 +153,7 @@ class ExecBackend:
         if not cmd:
             raise InvalidArgument("No exec command specified")
         record = await self._containers.resolve(ref)
-        self._runnable(record, ref)
+        _runnable(record.status, record.id, ref)
         if body.get("User"):  # looked up before the exec exists, as dockerd does
             await (await self._runtime(record)).check_user(record.id, str(body["User"]))
         keys = str(body.get("DetachKeys") or "")
@@ -109,48 +176,62 @@ class ExecBackend:
             "OpenStderr": bool(body.get("AttachStderr")), "DetachKeys": keys,
             "ConsoleSize": body.get("ConsoleSize") or None,
         }
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._keys.exec(exec_id), "config", json.dumps(exec_config))
-            pipe.sadd(self._keys.container_execs(record.id), exec_id)
-            await pipe.execute()
-        await self._event(record, f"exec_create: {' '.join([exec_config['Entrypoint'], *exec_config['Args']])}",
-                          execID=exec_id)
+        command = " ".join([exec_config["Entrypoint"], *exec_config["Args"]])
+        event = event_message("container", f"exec_create: {command}", record.id,
+                              _attributes(record, execID=exec_id))
+        await self._create_script(
+            keys=[self._keys.exec(exec_id), self._keys.container_execs(record.id), self._keys.events],
+            args=[dumps(exec_config), record.id, exec_id, dumps(event), EVENTS_MAXLEN])
         return exec_id
 
-    async def get(self, exec_id: str) -> ExecRecord:
-        raw = await self._redis.hgetall(self._keys.exec(exec_id))
-        if b"config" not in raw:
+    async def _read(self, exec_id: str, *, container: bool) -> ExecRecord:
+        """The exec and (``container``) its container's record, in one call; ExecNotFound if
+        either is gone."""
+        reply = await self._read_script(keys=[self._keys.exec(exec_id)],
+                                        args=[self._keys.container(""), "1" if container else ""])
+        if not reply:
             raise ExecNotFound(f"No such exec instance: {exec_id}")
-        state = json.loads(raw[b"state"]) if b"state" in raw else {}
-        return ExecRecord(id=exec_id, config=json.loads(raw[b"config"]), state=state, started=b"started" in raw)
+        config, state, started, cid = reply[:4]
+        ctr: ContainerRecord | None = None
+        if container:
+            ctr_config, ctr_state, node = reply[4:7]
+            if not ctr_config:
+                raise ExecNotFound(f"No such exec instance: {exec_id}")
+            ctr = ContainerRecord(id=text(cid), config=loads(ctr_config), state=loads(ctr_state) if ctr_state else {},
+                                  node=text(node))
+        elif not reply[4]:
+            raise ExecNotFound(f"No such exec instance: {exec_id}")
+        return ExecRecord(id=exec_id, config=loads(config), state=loads(state) if state else {},
+                          started=bool(started), container=ctr)
 
-    async def _container(self, record: ExecRecord) -> ContainerRecord:
-        try:
-            return await self._containers.get(record.container_id)
-        except ContainerNotFound:
-            raise ExecNotFound(f"No such exec instance: {record.id}") from None
+    async def get(self, exec_id: str) -> ExecRecord:
+        return await self._read(exec_id, container=False)
 
     async def _runtime(self, container: ContainerRecord) -> Runtime:
         return (await self._nodes.host(container.node)).runtime
 
     async def check_startable(self, exec_id: str) -> ExecRecord:
-        """moby's ExecExists: the exec, its container running (before the connection is hijacked)."""
-        record = await self.get(exec_id)
-        container = await self._container(record)
-        self._runnable(container, container.id)
+        """moby's ExecExists: the exec, its container running (before the connection is hijacked).
+        The record returned carries its container's."""
+        record = await self._read(exec_id, container=True)
+        assert record.container is not None
+        _runnable(record.container.status, record.container.id, record.container.id)
         return record
 
     async def start(self, record: ExecRecord, *, detach: bool, console_size: list[int] | None,
                     stdin: AsyncIterator[AttachInput]) -> tuple[ExecState, AsyncIterator[Output]]:
-        container = await self._container(record)
-        self._runnable(container, container.id)
-        # Once per exec, whichever API server asks first.
-        if not await self._redis.hsetnx(self._keys.exec(record.id), "started", "1"):
-            current = await self.get(record.id)
-            if current.state and not current.state.get("running"):
-                raise Conflict(f"exec command {record.id} has already run")
-            raise Conflict(f"exec command {record.id} is already running")
-        await self._event(container, f"exec_start: {record.command}", execID=record.id)
+        """Start an exec that :meth:`check_startable` returned."""
+        container = record.container
+        assert container is not None
+        event = event_message("container", f"exec_start: {record.command}", container.id,
+                              _attributes(container, execID=record.id))
+        # The node's services are looked up meanwhile (another read).
+        runtime = asyncio.ensure_future(self._runtime(container))
+        try:
+            await self._claim(record, container, event)
+        except BaseException:
+            runtime.add_done_callback(_discard)
+            raise
         c = record.config
         size = console_size or c.get("ConsoleSize") or [0, 0]
         tty = bool(c.get("Tty"))
@@ -162,22 +243,42 @@ class ExecBackend:
                                 console_height=int(size[0] or 0) if tty else 0,
                                 console_width=int(size[1] or 0) if tty else 0),
             privileged=bool(c.get("Privileged")), detach=detach)
-        runtime = await self._runtime(container)
-        return await runtime.exec(container.id, spec, stdin)
+        return await (await runtime).exec(container.id, spec, stdin)
+
+    async def _claim(self, record: ExecRecord, container: ContainerRecord, event: dict[str, Any]) -> None:
+        """Once per exec, whichever API server asks first, and only while the container runs."""
+        outcome, *detail = await self._start_script(
+            keys=[self._keys.exec(record.id), self._keys.container(container.id), self._keys.events],
+            args=[dumps(event), EVENTS_MAXLEN])
+        if outcome == b"gone":
+            raise ExecNotFound(f"No such exec instance: {record.id}")
+        if outcome == b"state":
+            state = loads(detail[0]) if detail[0] else {}
+            _runnable(str(state.get("status", "created")), container.id, container.id)
+        if outcome == b"started":
+            state = loads(detail[0]) if detail[0] else {}
+            if state and not state.get("running"):
+                raise Conflict(f"exec command {record.id} has already run")
+            raise Conflict(f"exec command {record.id} is already running")
 
     async def detached(self, record: ExecRecord) -> None:
-        await self._event(await self._container(record), "exec_detach", execID=record.id)
+        try:
+            container = await self._containers.get(record.container_id)
+        except ContainerNotFound:
+            raise ExecNotFound(f"No such exec instance: {record.id}") from None
+        await append_event(self._redis, self._keys, "container", "exec_detach", container.id,
+                           _attributes(container, execID=record.id))
 
     async def resize(self, exec_id: str, height: int, width: int) -> None:
-        record = await self.get(exec_id)
-        container = await self._container(record)
+        record = await self._read(exec_id, container=True)
+        container = record.container
+        assert container is not None
         if not container.running:
             raise ContainerNotRunning(f"container {container.id} is not running")
         await (await self._runtime(container)).resize_exec(container.id, exec_id, height, width)
 
     async def inspect(self, exec_id: str) -> dict[str, Any]:
-        record = await self.get(exec_id)
-        await self._container(record)
+        record = await self._read(exec_id, container=False)
         c, state = record.config, record.state
         exited = bool(state) and not state.get("running")
         keys = parse_detach_keys(c["DetachKeys"]) if c.get("DetachKeys") else b""

@@ -5,6 +5,7 @@ errors, errors after it are written onto the stream as dockerd does."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,9 +23,8 @@ from apiserver.hijack import (
     parse_detach_keys,
 )
 from apiserver.httputil import int_value, json_response, read_json
-from apiserver.streams import until
 from protos.errors import BerthError, StartFailed
-from shim.api import AttachInput, Stream
+from shim.api import AttachInput, Output, Stream
 
 EXECS: web.AppKey[ExecBackend] = web.AppKey("execs", ExecBackend)
 
@@ -68,8 +68,14 @@ async def _no_input() -> AsyncIterator[AttachInput]:
 async def _session(backend: ExecBackend, record: ExecRecord, conn: HijackedConnection, *, tty: bool,
                    console: list[int] | None) -> None:
     open_stdin = bool(record.config.get("OpenStdin"))
-    detached = asyncio.Event()
-    stdin_ended = asyncio.Event()
+    # Set when the copy of output ends early: detach keys, the client gone, or (terminal) its input
+    # ended; the value says whether it was a detach.
+    stop: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def stop_with(detached: bool) -> None:
+        if not stop.done():
+            stop.set_result(detached)
+
     # moby copies stdin "escapable" (detach keys) only with a terminal.
     keys = parse_detach_keys(record.config.get("DetachKeys") or "") if tty and open_stdin else b""
     scanner = DetachScanner(keys)
@@ -82,18 +88,15 @@ async def _session(backend: ExecBackend, record: ExecRecord, conn: HijackedConne
             if data:
                 yield AttachInput(data=data)
             if hit:
-                detached.set()
+                stop_with(True)
                 return
         rest = scanner.flush()
         if rest:
             yield AttachInput(data=rest)
         if tty:  # moby closes a terminal's stdin never; the end of input ends this session
-            stdin_ended.set()
+            stop_with(False)
             return
         yield AttachInput(close=True)
-
-    async def write(stream_no: int, data: bytes) -> bool:
-        return await conn.write(data if tty else frame(stream_no, data))
 
     try:
         _, outputs = await backend.start(record, detach=False, console_size=console, stdin=stdin())
@@ -101,26 +104,34 @@ async def _session(backend: ExecBackend, record: ExecRecord, conn: HijackedConne
         message = exc.message
         if isinstance(exc, StartFailed):
             message = f"OCI runtime exec failed: exec failed: unable to start container process: {message}: unknown"
-        await write(int(Stream.STDOUT), (message + "\r\n").encode())
+        data = (message + "\r\n").encode()
+        await conn.write(data if tty else frame(int(Stream.STDOUT), data))
         return
-    stop = asyncio.ensure_future(_first(detached.wait(), conn.wait_closed(), stdin_ended.wait()))
+    conn.on_close(lambda: stop_with(False))
+    copy = asyncio.ensure_future(_copy(outputs, conn, tty=tty))
     try:
-        async for out in until(outputs, stop):
-            if not await write(int(out.stream), out.data):
-                break
+        await asyncio.wait((copy, stop), return_when=asyncio.FIRST_COMPLETED)
     finally:
-        stop.cancel()
-    if detached.is_set():
+        if not copy.done():
+            copy.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await copy
+    if stop.done() and stop.result():
         await backend.detached(record)
 
 
-async def _first(*aws: Any) -> None:
-    tasks = [asyncio.ensure_future(a) for a in aws]
+async def _copy(outputs: AsyncIterator[Output], conn: HijackedConnection, *, tty: bool) -> None:
+    """The exec's output onto the connection (framed unless a terminal's) until it ends or the
+    client is gone; closes ``outputs`` either way."""
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        async for out in outputs:
+            if not await conn.write(out.data if tty else frame(int(out.stream), out.data)):
+                break
     finally:
-        for t in tasks:
-            t.cancel()
+        aclose = getattr(outputs, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
 
 
 async def post_exec_resize(request: web.Request) -> web.StreamResponse:

@@ -23,7 +23,7 @@ from shim.wire import SupervisorPaths
 
 log = structlog.get_logger()
 
-__all__ = ["AttachStream", "Control", "SupervisorPaths", "spawn"]
+__all__ = ["AttachStream", "Control", "IdleConnections", "SupervisorPaths", "spawn"]
 
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -62,9 +62,43 @@ def spawn(paths: SupervisorPaths, *, cgroup_parent: str, log_level: str = "info"
         os.close(ready_r)
 
 
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class IdleConnections:
+    """Connections to the supervisor that finished an exec and take another (see
+    :mod:`shim.supervisor.exec_stream`): reusing one spares a connect and an accept. At most
+    ``keep`` wait; the others are closed."""
+
+    def __init__(self, keep: int = 4) -> None:
+        self._keep = keep
+        self._idle: list[Connection] = []
+
+    def take(self) -> Connection | None:
+        """An open idle connection, or None."""
+        while self._idle:
+            reader, writer = self._idle.pop()
+            if not reader.at_eof() and not writer.is_closing():
+                return reader, writer
+            writer.close()  # the supervisor closed it meanwhile
+        return None
+
+    def put(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._idle) < self._keep and not reader.at_eof() and not writer.is_closing():
+            self._idle.append((reader, writer))
+        else:
+            writer.close()
+
+    def close(self) -> None:
+        for _, writer in self._idle:
+            writer.close()
+        self._idle.clear()
+
+
 class Control:
     """The control connection. Events (and the ``replayed`` marker) go to ``on_event`` in the
-    order the supervisor sent them; ``on_lost`` runs once if the connection breaks."""
+    order the supervisor sent them; ``on_lost`` runs once if the connection breaks. ``idle``
+    holds exec connections to the same supervisor between execs."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  on_event: Callable[[dict[str, Any]], None], on_lost: Callable[[], None]) -> None:
@@ -76,6 +110,7 @@ class Control:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
         self.lost = False
+        self.idle = IdleConnections()
 
     @classmethod
     async def connect(cls, socket_path: Path, on_event: Callable[[dict[str, Any]], None],
@@ -104,6 +139,7 @@ class Control:
             log.warning("supervisor_connection_lost", error=str(exc) or type(exc).__name__)
         finally:
             self.lost = True
+            self.idle.close()
             for fut in self._pending.values():
                 if not fut.done():
                     fut.set_exception(Unavailable("supervisor connection lost"))
@@ -138,6 +174,7 @@ class Control:
 
     async def close(self) -> None:
         self._task.cancel()
+        self.idle.close()
         self._writer.close()
         try:
             await self._writer.wait_closed()

@@ -4,6 +4,11 @@ The first request is ``{"op": "exec_attach", "cid", "spec"}``. The supervisor an
 process runs (``{"state", "seq"}`` of its start event) or could not start (an error whose result
 carries the ``seq`` of its recorded exit); then STDOUT/STDERR frames come down and STDIN /
 CLOSE_STDIN frames go up; an ``END`` frame carries ``{"seq", "exit_code"}`` of the exit event.
+
+An exec that reads no stdin asks to ``keep`` the connection: its ``END`` then says ``keep`` too
+(a supervisor from before this simply closes), and the connection, idle again, waits in the
+pool it came from (:class:`shim.supervisor.client.IdleConnections`) for the next such exec's
+request. A connection whose exec was abandoned before its ``END`` is closed, never reused.
 """
 
 from __future__ import annotations
@@ -16,33 +21,46 @@ from typing import Any
 from protos.errors import BerthError, Unavailable, error_class
 from shim import wire
 from shim.api import ExecSpec
-from shim.supervisor.client import read_frame
+from shim.supervisor.client import IdleConnections, read_frame
 
 
 class ExecStream:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 idle: IdleConnections | None = None) -> None:
         self._reader = reader
         self._writer = writer
+        self._idle = idle  # where the connection goes back once the exec ended, if it may
+        self._closed = False
         self.end: dict[str, Any] = {}  # the END frame's payload, once read
 
     @classmethod
-    async def open(cls, socket_path: Path, cid: str,
-                   spec: ExecSpec) -> tuple[ExecStream | None, dict[str, Any], BerthError | None]:
-        """(stream, result, None) once the process runs; (None, result, error) if it did not start."""
-        try:
-            reader, writer = await asyncio.open_unix_connection(str(socket_path), limit=wire.MAX_FRAME)
-        except OSError as exc:
-            raise Unavailable(f"supervisor unreachable at {socket_path}: {exc.strerror}") from None
-        stream = cls(reader, writer)
-        writer.write(wire.json_frame({"id": 1, "op": "exec_attach", "cid": cid, "spec": wire.encode(spec)}))
+    async def open(cls, socket_path: Path, cid: str, spec: ExecSpec, *, idle: IdleConnections | None = None,
+                   ) -> tuple[ExecStream | None, dict[str, Any], BerthError | None]:
+        """(stream, result, None) once the process runs; (None, result, error) if it did not start.
+        Without stdin, on a connection from ``idle`` if one waits there (and back there at the end)."""
+        keep = idle is not None and not spec.process.open_stdin
+        connection = idle.take() if keep and idle is not None else None
+        if connection is None:
+            try:
+                connection = await asyncio.open_unix_connection(str(socket_path), limit=wire.MAX_FRAME)
+            except OSError as exc:
+                raise Unavailable(f"supervisor unreachable at {socket_path}: {exc.strerror}") from None
+        reader, writer = connection
+        stream = cls(reader, writer, idle if keep else None)
+        request: dict[str, Any] = {"id": 1, "op": "exec_attach", "cid": cid, "spec": spec}
+        if keep:
+            request["keep"] = True
+        writer.write(wire.frame(wire.Kind.JSON, wire.compact_json(request)))
         try:
             _, payload = await read_frame(reader)
             reply = json.loads(payload)
         except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+            stream._idle = None
             await stream.close()
             raise Unavailable(f"exec failed: {exc}") from None
         result = reply.get("result") or {}
         if not reply.get("ok"):
+            stream._idle = None
             await stream.close()
             error = reply.get("error") or {}
             error_type = error_class(str(error.get("class", "Internal")))
@@ -54,6 +72,7 @@ class ExecStream:
         try:
             kind, payload = await read_frame(self._reader)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            self._idle = None
             return None
         if kind == wire.Kind.END:
             try:
@@ -72,6 +91,14 @@ class ExecStream:
         await self._writer.drain()
 
     async def close(self) -> None:
+        """Done with the exec: its connection goes back to the idle ones if the supervisor keeps
+        it (the exec ended), else it is closed. Once only: later calls do nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._idle is not None and self.end.get("keep"):
+            self._idle.put(self._reader, self._writer)
+            return
         self._writer.close()
         try:
             await self._writer.wait_closed()

@@ -94,6 +94,15 @@ INIT_PATH = "/sbin/docker-init"  # where --init's binary appears in the containe
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
+def json_frame(message: Any) -> bytes:
+    return wire.frame(wire.Kind.JSON, wire.compact_json(message))
+
+
+def _event_frame(event: bytes, seq: int) -> bytes:
+    """``{"event": …, "seq": n}`` around an event encoded already."""
+    return wire.frame(wire.Kind.JSON, b'{"event":%b,"seq":%d}' % (event, seq))
+
+
 class OpError(Exception):
     """A request failed; ``cls`` names the error class in :mod:`protos.errors`."""
 
@@ -159,12 +168,13 @@ class ExecRun:
     the captured output and a callback."""
 
     def __init__(self, exec_id: str, args: tuple[str, ...], *, conn: Connection | None = None, rid: Any = None,
-                 capture: bool = False, on_done: Callable[[int, str], None] | None = None,
+                 keep: bool = False, capture: bool = False, on_done: Callable[[int, str], None] | None = None,
                  events: bool = True) -> None:
         self.exec_id = exec_id
         self.args = args
         self.conn = conn
         self.rid = rid
+        self.keep = keep  # its client reuses the connection for another exec once this one ended
         self.capture: bytearray | None = bytearray() if capture else None
         self.truncated = False
         self.on_done = on_done
@@ -334,7 +344,7 @@ class Supervisor:
         resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile[1], self.nofile[1]))
         self.containers: dict[str, Container] = {}
         self.procs: dict[int, Process] = {}
-        self.events: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()
+        self.events: collections.deque[tuple[int, bytes]] = collections.deque()  # (seq, event JSON)
         self.seq = 0
         self.subscriber: Connection | None = None
         self.connections: set[Connection] = set()
@@ -461,15 +471,16 @@ class Supervisor:
 
     def _emit(self, type: EventType, c: Container, exec: ExecState | None = None) -> int:
         self.seq += 1
-        event = {"type": type.value, "state": wire.encode(c.state())}
+        message: dict[str, Any] = {"type": type.value, "state": c.state()}
         if exec is not None:
-            event["exec"] = wire.encode(exec)
+            message["exec"] = exec
+        event = wire.compact_json(message)
         self.events.append((self.seq, event))
         if len(self.events) > MAX_EVENTS:
             self.events.popleft()
             log.warning("event_dropped_unacknowledged")
         if self.subscriber is not None:
-            self.subscriber.send_json({"event": event, "seq": self.seq})
+            self.subscriber.send(_event_frame(event, self.seq))
         return self.seq
 
     def ack(self, seq: int) -> None:
@@ -551,7 +562,7 @@ class Supervisor:
             return
         for seq, event in list(self.events):
             if seq <= upto:
-                conn.send_json({"event": event, "seq": seq})
+                conn.send(_event_frame(event, seq))
         conn.send_json({"replayed": upto})
 
     def op_list(self, conn: Connection, message: dict[str, Any]) -> list[Any]:
@@ -1402,12 +1413,14 @@ class Supervisor:
 
     def _exec_attach(self, conn: Connection, message: dict[str, Any]) -> None:
         """An exec whose client is this connection: the reply comes once the process runs (or
-        failed), then its output, then END with the exit."""
+        failed), then its output, then END with the exit. With ``keep`` (no stdin only), the
+        connection then takes another request instead of closing (END says ``keep``)."""
         rid = message.get("id")
         try:
             c = self._get(message)
             spec = _exec_spec(message)
-            proc = self._start_exec(c, spec, ExecRun(spec.exec_id, spec.process.args, conn=conn, rid=rid))
+            keep = bool(message.get("keep")) and not spec.process.open_stdin
+            proc = self._start_exec(c, spec, ExecRun(spec.exec_id, spec.process.args, conn=conn, rid=rid, keep=keep))
         except OpError as exc:
             self._reply_error(conn, rid, exc)
             conn.close()
@@ -1532,8 +1545,8 @@ class Supervisor:
         if run.events:
             run.start_seq = self._emit(EventType.EXEC_START, c, exec=run.state(c.id))
         if run.conn is not None:
-            run.conn.send_json({"id": run.rid, "ok": True,
-                                "result": {"state": wire.encode(run.state(c.id)), "seq": run.start_seq}})
+            reply = {"id": run.rid, "ok": True, "result": {"state": run.state(c.id), "seq": run.start_seq}}
+            run.conn.send(json_frame(reply))
             proc.attachers.add(run.conn)
         for fd, stream in run.pending_outputs:
             self._add_output(proc, fd, stream)
@@ -1565,9 +1578,13 @@ class Supervisor:
                 self._reply_error(conn, run.rid, OpError("StartFailed", run.error, state=wire.encode(run.state(c.id)),
                                                          seq=run.exit_seq))
                 conn.close()
+            elif run.keep:
+                end = {"seq": run.exit_seq, "exit_code": run.exit_code, "keep": True}
+                conn.send(wire.frame(wire.Kind.END, wire.compact_json(end)))
+                conn.attach, conn.exec_proc, conn.stdin, conn.streams = None, None, False, frozenset()
             else:
-                end = json.dumps({"seq": run.exit_seq, "exit_code": run.exit_code}).encode()
-                conn.send(wire.frame(wire.Kind.END, end))
+                end = {"seq": run.exit_seq, "exit_code": run.exit_code}
+                conn.send(wire.frame(wire.Kind.END, wire.compact_json(end)))
                 conn.close()
         proc.attachers.clear()
         if not proc.started.done():

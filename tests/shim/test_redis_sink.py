@@ -9,7 +9,7 @@ from dataclasses import asdict
 import redis.asyncio as aioredis
 
 from common.keys import Keys
-from shim.api import ContainerState, EventType, Status, TaskEvent
+from shim.api import ContainerState, EventType, ExecState, Status, TaskEvent
 from shim.redis_sink import RedisStateSink
 
 ID = "a" * 64
@@ -78,3 +78,39 @@ async def test_sync_writes_current_states(redis_client: aioredis.Redis, keys: Ke
     await sink.record(TaskEvent(EventType.START, ContainerState(id=other, status=Status.RUNNING)))
     (event,) = await stream(redis_client, keys)
     assert event["Actor"] == {"ID": other, "Attributes": {}}  # a config without name/image/labels
+
+
+async def test_exec_transitions_and_their_events(redis_client: aioredis.Redis, keys: Keys) -> None:
+    """exec_die carries the container's current attributes: the sink keeps them by the record's
+    ``v`` stamp, so a rename (a new stamp) is seen, and a removed container gets no writes."""
+    def config(name: str) -> str:
+        return json.dumps({"Name": f"/{name}", "Config": {"Image": "busybox", "Labels": {"tier": "x"}}})
+
+    await redis_client.hset(keys.container(ID), mapping={"config": config("first"), "v": "s0"})
+    sink = RedisStateSink(redis_client, keys)
+    running = state(Status.RUNNING, pid=7)
+    for n, name in enumerate(["first", "first", "renamed"]):
+        if name == "renamed":  # as the apiserver's rename writes: config and a new stamp
+            await redis_client.hset(keys.container(ID), mapping={"config": config("renamed"), "v": "s-renamed"})
+        exec_id = f"e{n}"
+        await redis_client.hset(keys.exec(exec_id), "config", "{}")
+        await redis_client.sadd(keys.container_execs(ID), exec_id)
+        started = ExecState(exec_id=exec_id, container_id=ID, pid=100 + n, running=True)
+        await sink.record(TaskEvent(EventType.EXEC_START, running, exec=started))
+        assert json.loads(await redis_client.hget(keys.exec(exec_id), "state"))["running"] is True
+        done = ExecState(exec_id=exec_id, container_id=ID, pid=100 + n, exit_code=n)
+        await sink.record(TaskEvent(EventType.EXEC_EXIT, running, exec=done))
+        assert json.loads(await redis_client.hget(keys.exec(exec_id), "state"))["exit_code"] == n
+        assert 0 < await redis_client.ttl(keys.exec(exec_id)) <= 600
+        assert not await redis_client.sismember(keys.container_execs(ID), exec_id)
+    dies = [e for e in await stream(redis_client, keys) if e["Action"] == "exec_die"]
+    assert [(e["Actor"]["Attributes"]["name"], e["Actor"]["Attributes"]["execID"],  # type: ignore[index]
+             e["Actor"]["Attributes"]["exitCode"]) for e in dies] == [  # type: ignore[index]
+        ("first", "e0", "0"), ("first", "e1", "1"), ("renamed", "e2", "2")]
+    assert all(e["Actor"]["Attributes"]["tier"] == "x" for e in dies)  # type: ignore[index]
+
+    await redis_client.delete(keys.container(ID))  # removed meanwhile: nothing is written back
+    late = ExecState(exec_id="e9", container_id=ID, pid=9, exit_code=0)
+    await sink.record(TaskEvent(EventType.EXEC_EXIT, running, exec=late))
+    assert not await redis_client.exists(keys.container(ID))
+    assert len([e for e in await stream(redis_client, keys) if e["Action"] == "exec_die"]) == 3

@@ -131,6 +131,11 @@ class TasksStub:
                 request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.ExecRequest.SerializeToString,
                 response_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.ExecResponse.FromString,
                 _registered_method=True)
+        self.ExecOutput = channel.unary_stream(
+                '/berth.shim.v1.Tasks/ExecOutput',
+                request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.ExecRequest.SerializeToString,
+                response_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.ExecResponse.FromString,
+                _registered_method=True)
         self.ResizeExec = channel.unary_unary(
                 '/berth.shim.v1.Tasks/ResizeExec',
                 request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.ResizeExecRequest.SerializeToString,
@@ -287,6 +292,14 @@ class TasksServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExecOutput(self, request, context):
+        """ExecOutput is Exec for a process that reads no stdin (detached, or stdin not attached): one
+        request (id and spec), then the same stream of responses. It spares the client stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ResizeExec(self, request, context):
         """ResizeExec sets the window size of an exec's terminal.
         """
@@ -397,6 +410,11 @@ def add_TasksServicer_to_server(servicer, server):
             ),
             'Exec': grpc.stream_stream_rpc_method_handler(
                     servicer.Exec,
+                    request_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.ExecRequest.FromString,
+                    response_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.ExecResponse.SerializeToString,
+            ),
+            'ExecOutput': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExecOutput,
                     request_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.ExecRequest.FromString,
                     response_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.ExecResponse.SerializeToString,
             ),
@@ -924,6 +942,33 @@ class Tasks:
             request_iterator,
             target,
             '/berth.shim.v1.Tasks/Exec',
+            protos_dot_shim_dot_v1_dot_shim__pb2.ExecRequest.SerializeToString,
+            protos_dot_shim_dot_v1_dot_shim__pb2.ExecResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecOutput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/berth.shim.v1.Tasks/ExecOutput',
             protos_dot_shim_dot_v1_dot_shim__pb2.ExecRequest.SerializeToString,
             protos_dot_shim_dot_v1_dot_shim__pb2.ExecResponse.FromString,
             options,
