@@ -7,7 +7,7 @@ import sys
 
 from apiserver import API_VERSION, BERTH_VERSION
 from apiserver.config import ConfigError, load
-from common import linux, logs
+from common import logs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,7 +20,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Berth version {BERTH_VERSION}, API {API_VERSION}")
         return
     logs.configure(cfg.log_level, process="berthd")
-    linux.pin_mmap_threshold()
     from apiserver.daemon import Daemon
 
     try:

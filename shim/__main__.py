@@ -28,7 +28,7 @@ import grpc
 import redis.asyncio as aioredis
 import structlog
 
-from common import linux, logs, nodes
+from common import logs, nodes
 from common.grpc_tls import NO_TLS, TLSFiles, add_port, add_tls_arguments, check_listener, is_tcp, tls_from_arguments
 from common.keys import Keys
 from protos.errors import Unavailable
@@ -220,7 +220,6 @@ async def serve(cfg: ShimConfig) -> int:
 def main() -> None:
     cfg = parse_args(sys.argv[1:])
     logs.configure(cfg.log_level, process="shim")
-    linux.pin_mmap_threshold()
     sys.exit(asyncio.run(serve(cfg)))
 
 

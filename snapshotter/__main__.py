@@ -162,7 +162,8 @@ def _positive(value: str) -> int:
 
 
 class AccessLog(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Binds a request id and the method to the log context; one line per RPC with code and ms."""
+    """Binds a request id and the method to the log context; one line per RPC with code and ms;
+    the heap trimmed after bulk transfers."""
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], details: Any) -> Any:
         handler = await continuation(details)
@@ -199,6 +200,12 @@ class AccessLog(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 _CALLER_CODES = {"OK", "NOT_FOUND", "ALREADY_EXISTS", "INVALID_ARGUMENT", "FAILED_PRECONDITION"}
 
 
+# RPCs that move megabytes through buffers: the heap's free pages go back to the kernel once a
+# burst of them is over (see common.linux.trim_heap).
+_BULK_RPCS = frozenset({"Pull", "Push", "Import", "Export", "ImportRootfs", "ApplyTar", "ReadTar", "Read", "Write"})
+_HEAP = linux.HeapTrimmer()
+
+
 @contextlib.contextmanager
 def _rpc_context(method: str, context: Any) -> Any:
     ok = False
@@ -212,6 +219,8 @@ def _rpc_context(method: str, context: Any) -> Any:
         try:
             yield done
         finally:
+            if method.rsplit("/", 1)[-1] in _BULK_RPCS:
+                _HEAP.soon()
             code = "OK" if ok else getattr(context.code(), "name", None) or "CANCELLED"
             ms = round((time.monotonic() - start) * 1000, 1)
             # The caller's mistakes are routine; only our own failures are errors.
@@ -320,7 +329,6 @@ def private_mount_namespace() -> bool:
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_args(argv)
     logs.configure(config.log_level, process="snapshotter")
-    linux.pin_mmap_threshold()
     private_mount_namespace()
     try:
         asyncio.run(serve(config))

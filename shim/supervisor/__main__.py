@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from common import linux, logs
+from common import logs
 from shim.supervisor.server import Supervisor, SupervisorConfig
 from shim.wire import SupervisorPaths
 
@@ -24,7 +24,6 @@ def main(argv: list[str] | None = None) -> None:
                         help="write 'ready' to this fd once the socket accepts connections")
     args = parser.parse_args(argv)
     logs.configure(args.log_level, process="supervisor")
-    linux.pin_mmap_threshold()
     paths = SupervisorPaths(root=args.root.absolute(), exec_root=args.exec_root.absolute())
     config = SupervisorConfig(paths=paths, cgroup_parent=args.cgroup_parent)
     os.chdir("/")  # hold no directory busy
