@@ -32,6 +32,13 @@ class Keys:
         return f"{self.ns}:ctrs"
 
     @property
+    def containers_generation(self) -> str:
+        """A counter every writer of a container hash (``config``, ``state``, ``net``) or of
+        ``ctrs`` increments in the same atomic step: a reader that saw it unchanged knows that
+        no container changed meanwhile."""
+        return f"{self.ns}:ctrs:gen"
+
+    @property
     def containers_lex(self) -> str:
         """Sorted set of ids, all scored 0, for ID-prefix lookups (ZRANGEBYLEX)."""
         return f"{self.ns}:ctrs:lex"

@@ -25,14 +25,16 @@ from shim.api import ContainerState, EventType, ExecState, TaskEvent
 
 log = structlog.get_logger()
 
-# Set ``state`` (ARGV[1]) with a new ``v`` stamp (ARGV[2]) if the hash exists and the state
-# changed; return its ``config`` ("" when absent), or false if no hash.
+# Set ``state`` (ARGV[1]) with a new ``v`` stamp (ARGV[2]), and count the change in the
+# containers' generation KEYS[2], if the hash KEYS[1] exists and the state changed; return its
+# ``config`` ("" when absent), or false if no hash.
 _SET_STATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return false
 end
 if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then
   redis.call('HSET', KEYS[1], 'state', ARGV[1], 'v', ARGV[2])
+  redis.call('INCR', KEYS[2])
 end
 return redis.call('HGET', KEYS[1], 'config') or ''
 """
@@ -46,6 +48,7 @@ _ACTIONS = {EventType.START: "start", EventType.EXIT: "die", EventType.OOM: "oom
 # time to live in seconds, is not ""), the record's expiry and the exec's (ARGV[5]) removal from
 # the container's set KEYS[3]. The caller knows the container's actor attributes if its ``v``
 # stamp was ARGV[6] (not ""): then the event ARGV[7] (if not "") goes to the stream KEYS[4]
+# (a changed container state also counts in the containers' generation KEYS[5])
 # (capped near ARGV[8] entries) and {1, v} is returned; else {0, v, config}, and the caller
 # appends the event itself. ``v`` is the stamp after this call ("" if the hash has none).
 _SET_EXEC_STATE = """
@@ -56,6 +59,7 @@ local v = redis.call('HGET', KEYS[1], 'v')
 local known = ARGV[6] ~= '' and v == ARGV[6]
 if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then
   redis.call('HSET', KEYS[1], 'state', ARGV[1], 'v', ARGV[2])
+  redis.call('INCR', KEYS[5])
   v = ARGV[2]
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then
@@ -145,7 +149,7 @@ class RedisStateSink:
         if event.type in (EventType.EXEC_START, EventType.EXEC_EXIT) and run is not None:
             await self._record_exec(event.type, state, run)
             return
-        config = await self._set_state(keys=[self._keys.container(state.id)],
+        config = await self._set_state(keys=[self._keys.container(state.id), self._keys.containers_generation],
                                        args=[state_json(state), version_stamp()])
         if config is None:
             log.debug("state_for_unknown_container", container=state.id[:12])
@@ -173,7 +177,7 @@ class RedisStateSink:
         if exited and known is not None:
             event = _exec_die_json(run, known[1])
         keys = [self._keys.container(state.id), self._keys.exec(run.exec_id),
-                self._keys.container_execs(run.container_id), self._keys.events]
+                self._keys.container_execs(run.container_id), self._keys.events, self._keys.containers_generation]
         reply = await self._set_exec_state(
             keys=keys, args=[state_json(state), version_stamp(), exec_state_json(run),
                              str(EXEC_RECORD_TTL) if exited else "", run.exec_id, known[0] if known else "",
@@ -233,6 +237,6 @@ class RedisStateSink:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for state in states:
-                await self._set_state(keys=[self._keys.container(state.id)], args=[state_json(state), version_stamp()],
-                                      client=pipe)
+                await self._set_state(keys=[self._keys.container(state.id), self._keys.containers_generation],
+                                      args=[state_json(state), version_stamp()], client=pipe)
             await pipe.execute()

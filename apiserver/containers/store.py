@@ -5,9 +5,11 @@ its indexes are written and removed in one MULTI/EXEC. Every write of ``config``
 ``v`` stamp in the same command, as the shim does with ``state``.
 
 Listing keeps the records it read in process (:class:`CachedRecord`), and trusts one only while
-Redis still holds the same ``v`` stamp and ``net`` for it: each list costs one script call that
+Redis still holds the same ``v`` stamp and ``net`` for it: a list costs one script call that
 returns every id with those two fields, then fetches only the records that changed. Other API
 servers sharing the Redis write their own stamps, so their changes are seen on the next list.
+Before that, one GET of the containers' generation (``Keys.containers_generation``, counted by
+every writer in the same atomic step) tells whether anything changed at all since the last list.
 """
 
 from __future__ import annotations
@@ -143,6 +145,8 @@ class ContainerStore:
         self._list_stamps = redis.register_script(_LIST_STAMPS)
         self._fetch = redis.register_script(_FETCH)
         self._cache: dict[bytes, CachedRecord] = {}  # id → the record the last list read
+        # The last list, by ``net``, with the containers' generation read before it was made.
+        self._memo: dict[bool, tuple[bytes | str, list[CachedRecord]]] = {}
 
     async def reserve_name(self, name: str, id: str) -> None:
         if not await self._redis.hsetnx(self._keys.names, name, id):
@@ -161,11 +165,14 @@ class ContainerStore:
                       mapping={"config": dumps(record.config), "node": record.node, "v": version_stamp()})
             pipe.zadd(self._keys.containers, {record.id: created_ns})
             pipe.zadd(self._keys.containers_lex, {record.id: 0})
+            pipe.incr(self._keys.containers_generation)
             await pipe.execute()
 
     async def save_config(self, record: ContainerRecord) -> None:
-        await self._redis.hset(self._keys.container(record.id),
-                               mapping={"config": dumps(record.config), "v": version_stamp()})
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._keys.container(record.id), mapping={"config": dumps(record.config), "v": version_stamp()})
+            pipe.incr(self._keys.containers_generation)
+            await pipe.execute()
 
     async def rename(self, id: str, new_name: str) -> ContainerRecord:
         """Move the container to ``new_name`` in the name index and its record in one
@@ -190,6 +197,7 @@ class ContainerStore:
                     pipe.hset(self._keys.names, new_name, id)
                     pipe.hdel(self._keys.names, old_name)
                     pipe.hset(key, mapping={"config": dumps(record.config), "v": version_stamp()})
+                    pipe.incr(self._keys.containers_generation)
                     await pipe.execute()
                     return record
                 except aioredis.WatchError:
@@ -208,6 +216,7 @@ class ContainerStore:
                     record.config["HostConfig"] = host_config
                     pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.hset(key, mapping={"config": dumps(record.config), "v": version_stamp()})
+                    pipe.incr(self._keys.containers_generation)
                     await pipe.execute()
                     return record
                 except aioredis.WatchError:
@@ -249,6 +258,17 @@ class ContainerStore:
 
         ``net`` is current for the containers that run (the only ones whose ports a list shows),
         and for all of them with ``net=True``."""
+        generation = await self._redis.get(self._keys.containers_generation)
+        memo = self._memo.get(net)
+        if generation is not None and memo is not None and memo[0] == generation:
+            return list(memo[1])  # no container changed since that list
+        listed = await self._validated(net)
+        if generation is not None:  # read before the validation: a write meanwhile shows next time
+            self._memo = {net: (generation, listed)}
+        return list(listed)
+
+    async def _validated(self, net: bool) -> list[CachedRecord]:
+        """:meth:`cached` by each record's stamp."""
         cache = self._cache
         args: list[str | bytes] = [self._keys.container(""), "*" if net else ""]
         if not net:
@@ -307,6 +327,7 @@ class ContainerStore:
             pipe.delete(self._keys.container_execs(record.id))
             pipe.zrem(self._keys.containers, record.id)
             pipe.zrem(self._keys.containers_lex, record.id)
+            pipe.incr(self._keys.containers_generation)
             await pipe.execute()
         await self.release_name(record.name, record.id)
 

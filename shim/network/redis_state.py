@@ -12,11 +12,16 @@ from common.keys import Keys
 from shim import wire
 from shim.network.api import NetworkState
 
+# ``net`` of the container hash KEYS[1] (ARGV[1]) while the hash exists; a change counts in the
+# containers' generation KEYS[2].
 _SET_NET = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
-redis.call('HSET', KEYS[1], 'net', ARGV[1])
+if redis.call('HGET', KEYS[1], 'net') ~= ARGV[1] then
+  redis.call('HSET', KEYS[1], 'net', ARGV[1])
+  redis.call('INCR', KEYS[2])
+end
 return 1
 """
 
@@ -28,7 +33,7 @@ class RedisNetStateSink:
         self._set = redis.register_script(_SET_NET)
 
     async def record(self, container: str, state: NetworkState) -> None:
-        await self._set(keys=[self._keys.container(container)],
+        await self._set(keys=[self._keys.container(container), self._keys.containers_generation],
                         args=[json.dumps(wire.encode(state), separators=(",", ":"))])
 
     async def network_exists(self, network_id: str) -> bool:
