@@ -20,7 +20,6 @@ import structlog
 from apiserver.containers.store import ContainerStore
 from apiserver.httputil import Filters
 from apiserver.images import views
-from apiserver.images.replicate import layer_refs
 from apiserver.images.store import ImageRecord, ImageStore
 from apiserver.nodes import NodeDirectory
 from common.events import append_event
@@ -34,7 +33,6 @@ from protos.errors import (
     NotFound,
 )
 from registry_client import reference
-from snapshotter.api import ExportImage
 
 log = structlog.get_logger()
 
@@ -388,7 +386,7 @@ class ImageBackend:
         if not common_nodes:
             raise Conflict("the requested images are not all stored on one node")
         host = await self._nodes.host(sorted(common_nodes)[0])
-        exports = [ExportImage(id=r.id, repo_tags=tuple(t), layers=layer_refs(r)) for r, t in wanted.values()]
+        exports = [r.export(tuple(t)) for r, t in wanted.values()]
         for image_id in wanted:
             await self._event("save", image_id)
         return host.images.export_archive(exports)

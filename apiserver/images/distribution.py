@@ -19,7 +19,6 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from apiserver.images.progress import progress_message, status
-from apiserver.images.replicate import layer_refs
 from apiserver.images.store import ImageRecord, ImageStore
 from apiserver.nodes import NodeDirectory
 from common.events import append_event
@@ -30,8 +29,8 @@ from registry_client.auth import Credentials, decode_registry_auth
 from registry_client.client import RegistryClient, registry_host
 from registry_client.hosts import RegistryTLS
 from registry_client.reference import Reference
-from snapshotter.api import ExportImage, Progress, PullResult, PushResult, RegistryAuth
 from snapshotter.api import ImageRecord as HostImage
+from snapshotter.api import Progress, PullResult, PushResult, RegistryAuth
 
 Message = dict[str, Any]
 
@@ -171,7 +170,7 @@ class DistributionBackend:
         for target, record in targets:
             host = await self._nodes.host(sorted(record.nodes)[0])
             tags = [target.familiar]
-            image = ExportImage(id=record.id, repo_tags=tuple(tags), layers=layer_refs(record))
+            image = record.export(tuple(tags))
             async for event in host.images.push(image, target.canonical, auth):
                 if isinstance(event, PushResult):
                     await self._redis.hset(self._keys.digests, f"{target.repository}@{event.digest}", record.id)

@@ -16,15 +16,8 @@ import structlog
 from apiserver.images.store import ImageRecord, ImageStore
 from apiserver.nodes import NodeDirectory
 from protos.errors import Internal, NotFound, Unavailable
-from snapshotter.api import ExportImage, LayerRef
 
 log = structlog.get_logger()
-
-
-def layer_refs(record: ImageRecord) -> tuple[LayerRef, ...]:
-    """The image's layers as the snapshotter's export and push want them."""
-    return tuple(LayerRef(digest=layer["digest"], diff_id=layer["diff_id"], media_type=layer.get("media_type", ""),
-                          size=int(layer.get("size", 0))) for layer in record.layers)
 
 
 class ImageReplicator:
@@ -57,7 +50,7 @@ class ImageReplicator:
         bound.info("image_copy_started")
         src = await self._nodes.host(source.id)
         dst = await self._nodes.host(node_id)
-        archive = src.images.export_archive([ExportImage(id=image.id, repo_tags=(), layers=layer_refs(image))])
+        archive = src.images.export_archive([image.export()])
         imported = await dst.images.import_archive(archive)
         ids = [r.id for r in imported]
         if ids != [image.id]:

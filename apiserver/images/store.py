@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from common.keys import Keys, text
 from protos.errors import ImageNotFound, InvalidArgument
 from registry_client import reference
+from snapshotter.api import ExportImage, LayerRef
 
 
 @dataclass(slots=True)
@@ -36,6 +37,12 @@ class ImageRecord:
     @property
     def diff_ids(self) -> list[str]:
         return list(self.config.get("rootfs", {}).get("diff_ids", []))
+
+    def export(self, repo_tags: tuple[str, ...] = ()) -> ExportImage:
+        """The image as the snapshotter's export and push want it."""
+        return ExportImage(id=self.id, repo_tags=repo_tags, layers=tuple(
+            LayerRef(digest=layer["digest"], diff_id=layer["diff_id"], media_type=layer.get("media_type", ""),
+                     size=int(layer.get("size", 0))) for layer in self.layers))
 
 
 def _decode(id: str, raw: dict[bytes, bytes], nodes: set[bytes]) -> ImageRecord | None:
