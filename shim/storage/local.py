@@ -18,21 +18,16 @@ import structlog
 
 from common import linux
 from common.decompress import CHUNK, DecompressError, plain_stream
-from protos.errors import BerthError, InvalidArgument, Unavailable, error_class
+from protos.errors import InvalidArgument, Unavailable
 from shim import wire
 from shim.storage.api import ContainerFiles, FileStat, VolumeInfo, Volumes
-from shim.supervisor.client import read_frame
+from shim.supervisor.client import read_frame, reply_error
 from shim.supervisor.user_mounts import is_mount_point
 
 log = structlog.get_logger()
 
 # moby's RestrictedNamePattern: a volume name is also a directory name here.
 VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
-
-
-def _error(reply: Mapping[str, Any], default: str) -> BerthError:
-    error = reply.get("error") or {}
-    return error_class(str(error.get("class", "Internal")))(str(error.get("message", default)))
 
 
 def _stat(raw: Mapping[str, Any]) -> FileStat:
@@ -66,7 +61,7 @@ class _Session:
             raise
         if not reply.get("ok"):
             await session.close()
-            raise _error(reply, f"files {action} failed")
+            raise reply_error(reply, f"files {action} failed")
         return session, reply.get("result")
 
     async def end(self) -> dict[str, Any]:
@@ -111,7 +106,7 @@ class LocalFiles:
                 if kind == wire.Kind.END:
                     outcome = json.loads(payload) if payload else {}
                     if not outcome.get("ok"):
-                        raise _error(outcome, "copy failed")
+                        raise reply_error(outcome, "copy failed")
                     return
                 if kind == wire.Kind.STDOUT:
                     yield payload
@@ -137,7 +132,7 @@ class LocalFiles:
                 pass  # the child stopped reading: its END frame says why
             outcome = await session.end()
             if not outcome.get("ok"):
-                raise _error(outcome, "copy failed")
+                raise reply_error(outcome, "copy failed")
         finally:
             await session.close()
 

@@ -11,7 +11,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -157,9 +157,7 @@ class Control:
         reply = await fut
         if reply.get("ok"):
             return reply.get("result"), None
-        error = reply.get("error") or {}
-        cls = error_class(str(error.get("class", "Internal")))
-        return reply.get("result") or {}, cls(str(error.get("message", "supervisor error")))
+        return reply.get("result") or {}, reply_error(reply, "supervisor error")
 
     async def request(self, op: str, **fields: Any) -> Any:
         result, error = await self.call(op, **fields)
@@ -186,12 +184,32 @@ class Control:
             pass
 
 
-class AttachStream:
-    """One attach connection: stdin frames up, output frames down, ``END`` last."""
+class FrameStream:
+    """A connection to the supervisor that carries one process's stdio: STDIN and CLOSE_STDIN
+    frames up, output frames down."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
         self._writer = writer
+
+    async def send_stdin(self, data: bytes) -> None:
+        self._writer.write(wire.frame(wire.Kind.STDIN, data))
+        await self._writer.drain()
+
+    async def close_stdin(self) -> None:
+        self._writer.write(wire.frame(wire.Kind.CLOSE_STDIN, b""))
+        await self._writer.drain()
+
+    async def _disconnect(self) -> None:
+        self._writer.close()
+        try:
+            await self._writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass
+
+
+class AttachStream(FrameStream):
+    """One attach connection: stdin frames up, output frames down, ``END`` last."""
 
     @classmethod
     async def open(cls, socket_path: Path, cid: str, *, stdin: bool, stdout: bool, stderr: bool) -> AttachStream:
@@ -210,8 +228,7 @@ class AttachStream:
             raise Unavailable(f"attach failed: {exc}") from None
         if not reply.get("ok"):
             await stream.close()
-            error = reply.get("error") or {}
-            raise error_class(str(error.get("class", "Internal")))(str(error.get("message", "attach failed")))
+            raise reply_error(reply, "attach failed")
         return stream
 
     async def read(self) -> tuple[int, bytes] | None:
@@ -224,20 +241,14 @@ class AttachStream:
             return None
         return kind, payload
 
-    async def send_stdin(self, data: bytes) -> None:
-        self._writer.write(wire.frame(wire.Kind.STDIN, data))
-        await self._writer.drain()
-
-    async def close_stdin(self) -> None:
-        self._writer.write(wire.frame(wire.Kind.CLOSE_STDIN, b""))
-        await self._writer.drain()
-
     async def close(self) -> None:
-        self._writer.close()
-        try:
-            await self._writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
+        await self._disconnect()
+
+
+def reply_error(reply: Mapping[str, Any], default: str) -> BerthError:
+    """The classified error of a supervisor reply that is not ``ok`` (see ``wire.error_payload``)."""
+    error = reply.get("error") or {}
+    return error_class(str(error.get("class", "Internal")))(str(error.get("message", default)))
 
 
 async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:

@@ -18,17 +18,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from protos.errors import BerthError, Unavailable, error_class
+from protos.errors import BerthError, Unavailable
 from shim import wire
 from shim.api import ExecSpec
-from shim.supervisor.client import IdleConnections, read_frame
+from shim.supervisor.client import FrameStream, IdleConnections, read_frame, reply_error
 
 
-class ExecStream:
+class ExecStream(FrameStream):
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  idle: IdleConnections | None = None) -> None:
-        self._reader = reader
-        self._writer = writer
+        super().__init__(reader, writer)
         self._idle = idle  # where the connection goes back once the exec ended, if it may
         self._closed = False
         self.end: dict[str, Any] = {}  # the END frame's payload, once read
@@ -62,9 +61,7 @@ class ExecStream:
         if not reply.get("ok"):
             stream._idle = None
             await stream.close()
-            error = reply.get("error") or {}
-            error_type = error_class(str(error.get("class", "Internal")))
-            return None, result, error_type(str(error.get("message", "exec failed")))
+            return None, result, reply_error(reply, "exec failed")
         return stream, result, None
 
     async def read(self) -> tuple[int, bytes] | None:
@@ -82,14 +79,6 @@ class ExecStream:
             return None
         return kind, payload
 
-    async def send_stdin(self, data: bytes) -> None:
-        self._writer.write(wire.frame(wire.Kind.STDIN, data))
-        await self._writer.drain()
-
-    async def close_stdin(self) -> None:
-        self._writer.write(wire.frame(wire.Kind.CLOSE_STDIN, b""))
-        await self._writer.drain()
-
     async def close(self) -> None:
         """Done with the exec: its connection goes back to the idle ones if the supervisor keeps
         it (the exec ended), else it is closed. Once only: later calls do nothing."""
@@ -99,8 +88,4 @@ class ExecStream:
         if self._idle is not None and self.end.get("keep"):
             self._idle.put(self._reader, self._writer)
             return
-        self._writer.close()
-        try:
-            await self._writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
+        await self._disconnect()
