@@ -22,11 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from common.mounts import Mount
 from protos.errors import NotFound
+from protos.rpc import SERVER_OPTIONS, insecure_channel
+from protos.shim.v1 import shim_pb2_grpc
 from shim.api import ContainerSpec, ProcessSpec, Runtime, TaskEvent
+from shim.client import RemoteRuntime
+from shim.linux import LinuxRuntime
+from shim.service import TasksServicer
 from shim.supervisor.cgroups import Layout, remove_tree
 from shim.supervisor.client import SupervisorPaths, spawn
 from tests.support.busybox import PATH_ENV, populate_rootfs
@@ -182,3 +188,38 @@ async def eventually(check: Callable[[], Awaitable[bool] | bool], within: float 
             return
         assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
         await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def linux_runtime(supervisor: SupervisorPaths, recorder: Recorder) -> AsyncIterator[LinuxRuntime]:
+    runtime = await LinuxRuntime.connect(supervisor.socket, recorder)
+    yield runtime
+    await runtime.close()
+
+
+@pytest.fixture
+async def local_runtime(linux_runtime: LinuxRuntime, containers: Containers,
+                        cleanup_check: Callable[[], list[str]]) -> AsyncIterator[Runtime]:
+    """``LinuxRuntime`` itself; its containers removed and nothing left behind afterwards."""
+    yield linux_runtime
+    await containers.cleanup(linux_runtime)
+    assert cleanup_check() == []
+
+
+@pytest.fixture
+async def remote_runtime(linux_runtime: LinuxRuntime, containers: Containers, shim_dir: Path,
+                         cleanup_check: Callable[[], list[str]]) -> AsyncIterator[Runtime]:
+    """``RemoteRuntime`` through a live gRPC server on a unix socket, ``LinuxRuntime`` behind it."""
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    shim_pb2_grpc.add_TasksServicer_to_server(TasksServicer(linux_runtime), server)  # type: ignore[no-untyped-call]
+    socket_path = shim_dir / f"grpc-{secrets.token_hex(3)}.sock"
+    server.add_insecure_port(f"unix:{socket_path}")
+    await server.start()
+    channel = insecure_channel(str(socket_path))
+    try:
+        yield RemoteRuntime(channel)
+    finally:
+        await containers.cleanup(linux_runtime)
+        await channel.close()
+        await server.stop(None)
+    assert cleanup_check() == []
