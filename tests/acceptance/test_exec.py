@@ -6,21 +6,15 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import docker as docker_sdk
 import pytest
 
 from tests.acceptance.conftest import Docker
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.acceptance
-
-
-def eventually(check: Callable[[], bool], timeout: float = 30, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -15,16 +15,14 @@ from pathlib import Path
 import pytest
 
 from tests.acceptance.conftest import Docker
+from tests.support import waiting
 from tests.support.daemon import Berthd, docker
 
 pytestmark = pytest.mark.acceptance
 
 
-def eventually(check: Callable[[], bool], timeout: float = 60, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
-        time.sleep(0.05)
+def eventually(check: Callable[[], bool], what: str = "") -> None:
+    waiting.eventually(check, timeout=60, what=what)  # restarts back off: a longer wait
 
 
 def state(run: Docker, cid: str) -> dict[str, object]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker as docker_sdk
@@ -15,15 +15,9 @@ import pytest
 from apiserver.containers.views import parse_rfc3339
 from tests.acceptance.conftest import Docker
 from tests.support.daemon import Berthd
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.acceptance
-
-
-def eventually(check: Callable[[], bool], timeout: float = 30, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
-        time.sleep(0.05)
 
 
 @pytest.fixture

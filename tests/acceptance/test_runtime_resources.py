@@ -13,7 +13,6 @@ import secrets
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import docker as docker_sdk
@@ -21,15 +20,9 @@ import pytest
 
 from tests.acceptance.conftest import Docker
 from tests.support.daemon import Berthd
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.acceptance
-
-
-def eventually(check: Callable[[], bool], timeout: float = 30, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
-        time.sleep(0.05)
 
 
 def test_limits_inside_the_container(dkr: Docker, loaded: str) -> None:
