@@ -15,7 +15,7 @@ import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import structlog
@@ -140,3 +140,17 @@ def insecure_channel(address: str) -> grpc.aio.Channel:
 
 def secure_channel(address: str, credentials: grpc.ChannelCredentials) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(channel_target(address), credentials, options=CHANNEL_OPTIONS)
+
+
+class _DataMessage(Protocol):
+    data: bytes
+
+
+async def request_data(first: _DataMessage | None, rest: AsyncIterator[_DataMessage]) -> AsyncIterator[bytes]:
+    """The ``data`` of a client stream's messages, ``first`` (read already, for its options) and
+    the rest; empty pieces are skipped."""
+    if first is not None and first.data:
+        yield first.data
+    async for request in rest:
+        if request.data:
+            yield request.data

@@ -14,7 +14,7 @@ from typing import TypeVar
 import grpc
 
 from protos.errors import InvalidArgument
-from protos.rpc import maps_errors
+from protos.rpc import maps_errors, request_data
 from protos.snapshotter.v1 import snapshotter_pb2 as pb
 from protos.snapshotter.v1 import snapshotter_pb2_grpc as pb_grpc
 from snapshotter import convert
@@ -82,14 +82,6 @@ class SnapshotsServicer(pb_grpc.SnapshotsServicer):
                                               for c in changes[start:start + CHANGES_BATCH]])
 
 
-async def _write_chunks(first: pb.WriteContentRequest | None,
-                        rest: AsyncIterator[pb.WriteContentRequest]) -> AsyncIterator[bytes]:
-    if first is not None and first.data:
-        yield first.data
-    async for request in rest:
-        if request.data:
-            yield request.data
-
 
 @maps_errors
 class ContentsServicer(pb_grpc.ContentsServicer):
@@ -110,7 +102,7 @@ class ContentsServicer(pb_grpc.ContentsServicer):
         first = await anext(stream, None)
         expected = first.expected if first is not None else ""
         size = first.size if first is not None else -1
-        info = await self._c.write(_write_chunks(first, stream), expected, size)
+        info = await self._c.write(request_data(first, stream), expected, size)
         return pb.WriteContentResponse(info=convert.blob_to_proto(info))
 
     async def Delete(self, request: pb.DeleteContentRequest,
@@ -130,11 +122,6 @@ class ContentsServicer(pb_grpc.ContentsServicer):
             yield pb.ListContentResponse(info=batch)
 
 
-async def _import_chunks(requests: AsyncIterator[pb.ImportRequest]) -> AsyncIterator[bytes]:
-    async for request in requests:
-        if request.data:
-            yield request.data
-
 
 @contextlib.asynccontextmanager
 async def _closing(events: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
@@ -147,22 +134,6 @@ async def _closing(events: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
             await closer()
 
 
-async def _rootfs_chunks(first: pb.ImportRootfsRequest | None,
-                         rest: AsyncIterator[pb.ImportRootfsRequest]) -> AsyncIterator[bytes]:
-    if first is not None and first.data:
-        yield first.data
-    async for request in rest:
-        if request.data:
-            yield request.data
-
-
-async def _apply_chunks(first: pb.ApplyTarRequest,
-                        rest: AsyncIterator[pb.ApplyTarRequest]) -> AsyncIterator[bytes]:
-    if first.data:
-        yield first.data
-    async for request in rest:
-        if request.data:
-            yield request.data
 
 
 @maps_errors
@@ -172,7 +143,7 @@ class ImagesServicer(pb_grpc.ImagesServicer):
 
     async def Import(self, request_iterator: AsyncIterator[pb.ImportRequest],
                      context: grpc.aio.ServicerContext) -> pb.ImportResponse:
-        records = await self._i.import_archive(_import_chunks(request_iterator))
+        records = await self._i.import_archive(request_data(None, request_iterator))
         return pb.ImportResponse(images=[convert.image_record_to_proto(r) for r in records])
 
     async def Export(self, request: pb.ExportRequest,
@@ -205,7 +176,7 @@ class ImagesServicer(pb_grpc.ImagesServicer):
         stream = aiter(request_iterator)
         first = await anext(stream, None)
         config = first.config if first is not None else b""
-        record = await self._i.import_rootfs(_rootfs_chunks(first, stream), config)
+        record = await self._i.import_rootfs(request_data(first, stream), config)
         return pb.ImportRootfsResponse(image=convert.image_record_to_proto(record))
 
     async def CommitLayer(self, request: pb.CommitLayerRequest,
@@ -218,7 +189,7 @@ class ImagesServicer(pb_grpc.ImagesServicer):
         first = await anext(stream, None)
         if first is None:
             raise InvalidArgument("apply tar: the first message must name the snapshot")
-        await self._i.apply_tar(first.key, _apply_chunks(first, stream), first.dest,
+        await self._i.apply_tar(first.key, request_data(first, stream), first.dest,
                                 no_overwrite_dir_non_dir=first.no_overwrite_dir_non_dir,
                                 owner=convert.apply_tar_owner(first))
         return pb.ApplyTarResponse()

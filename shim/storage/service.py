@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from protos.errors import InvalidArgument
-from protos.rpc import maps_errors
+from protos.rpc import maps_errors, request_data
 from protos.shim.v1 import shim_pb2 as pb
 from protos.shim.v1 import shim_pb2_grpc
 from shim.storage import convert
@@ -40,7 +40,7 @@ class FilesServicer(shim_pb2_grpc.FilesServicer):
         first = await anext(stream, None)
         if first is None:
             raise InvalidArgument("write archive: the first message must name the container")
-        await self._f.write_archive(first.id, first.path, _chunks(first, stream),
+        await self._f.write_archive(first.id, first.path, request_data(first, stream),
                                     no_overwrite_dir_non_dir=first.no_overwrite_dir_non_dir,
                                     owner=convert.write_owner(first))
         return pb.WriteArchiveResponse()
@@ -49,13 +49,6 @@ class FilesServicer(shim_pb2_grpc.FilesServicer):
         await self._f.populate(request.id)
         return pb.PopulateResponse()
 
-
-async def _chunks(first: pb.WriteArchiveRequest, rest: AsyncIterator[pb.WriteArchiveRequest]) -> AsyncIterator[bytes]:
-    if first.data:
-        yield first.data
-    async for request in rest:
-        if request.data:
-            yield request.data
 
 
 @maps_errors
