@@ -9,8 +9,9 @@ subscriptions with an empty first message, and the calls that cause transitions 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import grpc
 
@@ -36,6 +37,8 @@ from shim.api import (
     TaskEvent,
     TopResult,
 )
+
+T = TypeVar("T")
 
 
 class RemoteRuntime:
@@ -121,31 +124,15 @@ class RemoteRuntime:
         call = self._stub.Attach(requests())
         attached = asyncio.ensure_future(_first_message(call))
         self._track(id, attached)
-        return self._attach_stream(call, attached)
-
-    @staticmethod
-    async def _attach_stream(call: Any, attached: asyncio.Future[None]) -> AsyncIterator[Output]:
-        try:
-            await attached
-            while True:
-                async with rpc_errors():
-                    message = await call.read()
-                if message is grpc.aio.EOF:
-                    return
-                yield convert.output_from_proto(message)
-        finally:
-            call.cancel()
+        return _messages_after(call, attached, convert.output_from_proto)
 
     async def logs(self, id: str, options: LogsOptions) -> AsyncIterator[LogEntry]:
-        call = self._stub.Logs(convert.logs_request(id, options))
-        try:
-            async for reply in stream_errors(call):
-                for entry in convert.log_batch_from_proto(reply).entries():
+        async with contextlib.aclosing(self.log_batches(id, options)) as batches:
+            async for batch in batches:
+                for entry in batch.entries():
                     yield entry
-        finally:
-            call.cancel()
 
-    async def log_batches(self, id: str, options: LogsOptions) -> AsyncIterator[LogBatch]:
+    async def log_batches(self, id: str, options: LogsOptions) -> AsyncGenerator[LogBatch, None]:
         call = self._stub.Logs(convert.logs_request(id, options))
         try:
             async for reply in stream_errors(call):
@@ -167,21 +154,7 @@ class RemoteRuntime:
         call = self._stub.Events(pb.EventsRequest())
         subscribed = asyncio.ensure_future(_first_message(call))
         self._track("", subscribed)
-        return self._event_stream(call, subscribed)
-
-    @staticmethod
-    async def _event_stream(call: Any, subscribed: asyncio.Future[None]) -> AsyncIterator[TaskEvent]:
-        try:
-            await subscribed
-            while True:
-                async with rpc_errors():
-                    message = await call.read()
-                if message is grpc.aio.EOF:
-                    return
-                yield convert.event_from_proto(message)
-        finally:
-            call.cancel()
-
+        return _messages_after(call, subscribed, convert.event_from_proto)
 
     async def pause(self, id: str) -> ContainerState:
         await self._subscriptions_in_place()
@@ -273,3 +246,18 @@ async def _first_message(call: Any) -> None:
     raises its error here)."""
     async with rpc_errors():
         await call.read()
+
+
+async def _messages_after(call: Any, first: asyncio.Future[None], decode: Callable[[Any], T]) -> AsyncIterator[T]:
+    """The messages of a server stream whose first message ``first`` waited for (a subscription or
+    an attachment in place), decoded; the call is cancelled when the caller stops reading."""
+    try:
+        await first
+        while True:
+            async with rpc_errors():
+                message = await call.read()
+            if message is grpc.aio.EOF:
+                return
+            yield decode(message)
+    finally:
+        call.cancel()
