@@ -12,7 +12,7 @@ time, so the supervisor owns all runtime truth:
   supervisor (after a crash or a reboot) finds the containers again; the ones it finds running
   are orphans it cannot hold stdio for: it kills them and reports them stopped.
 
-Threads would make ``os.fork`` unsafe: the process never starts one (no executor, no
+Threads would make forking unsafe: the process never starts one (no executor, no
 ``getaddrinfo``, no grpc); asyncio here is just a selector loop.
 """
 
@@ -890,7 +890,7 @@ class Supervisor:
         if new_pid_ns:
             linux.unshare(linux.CLONE_NEWPID)
         try:
-            pid = os.fork()
+            pid = linux.fork_for_exec()
             if pid == 0:
                 child_mod.run(plan)  # never returns
         finally:
@@ -1497,7 +1497,7 @@ class Supervisor:
             if pidns >= 0:
                 linux.setns(pidns, linux.CLONE_NEWPID)  # only where children go
             try:
-                pid = os.fork()
+                pid = linux.fork_for_exec()
                 if pid == 0:
                     exec_child.run(plan)  # never returns
             finally:

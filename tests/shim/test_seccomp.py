@@ -4,6 +4,7 @@ exercised by the runtime and acceptance tests: unshare refused, personality allo
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 
@@ -19,9 +20,14 @@ ALLOW = seccomp.RET_ALLOW
 EPERM = seccomp.RET_ERRNO | 1
 
 
+@functools.lru_cache(maxsize=8)
+def _decode(program: bytes) -> list[tuple[int, int, int, int]]:
+    return [struct.unpack_from("=HBBI", program, i) for i in range(0, len(program), 8)]
+
+
 def evaluate(program: bytes, nr: int, arch: int = X86_64, args: tuple[int, ...] = ()) -> int:
     """What the kernel would return for this call."""
-    insns = [struct.unpack_from("=HBBI", program, i) for i in range(0, len(program), 8)]
+    insns = _decode(program)
     data = struct.pack("=iIQ6Q", nr, arch, 0, *(list(args) + [0] * (6 - len(args))))
     a, pc = 0, 0
     for _ in range(len(insns) + 1):  # classic BPF only jumps forward: at most one pass
@@ -63,6 +69,21 @@ def test_default_profile_allows_the_usual_and_refuses_the_rest(default: bytes) -
         assert evaluate(default, nr(name)) == EPERM, name
     assert evaluate(default, nr("clone3")) == seccomp.RET_ERRNO | 38  # ENOSYS, so that libc falls back to clone
     assert evaluate(default, 4000) == EPERM  # not a system call: the default action
+
+
+def test_merged_runs_give_every_call_the_same_verdict(default: bytes) -> None:
+    """The compact program (runs of numbers sharing their code) against one branch per call, for
+    every number of both architectures, x32's, the gaps and past the end."""
+    plain = seccomp.compile_profile(seccomp.default_profile_text(), DEFAULT_CAPS, machine="x86_64", release="6.1.0",
+                                    merge=False)
+    assert len(default) * 3 < len(plain)  # what merging is for
+    numbers = [*range(0, 600), *(syscalls.X32_SYSCALL_BIT + n for n in range(0, 600)), 0x7FFFFFFF, -1]
+    argsets = [(), (0x10000000,), (40,), (0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF)]
+    for arch in (X86_64, I386):
+        for number in numbers:
+            for args in argsets:
+                want = evaluate(plain, number, arch, args)
+                assert evaluate(default, number, arch, args) == want, (arch, number, args)
 
 
 def test_argument_conditions(default: bytes) -> None:
