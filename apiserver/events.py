@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -74,6 +75,15 @@ class Subscription:
 
     async def get(self) -> Event:
         return await self.queue.get()
+
+    async def next(self, deadline_ns: int | None = None) -> Event | None:
+        """The next event; ``None`` once the wall clock passed ``deadline_ns`` with none queued."""
+        if deadline_ns is None or not self.queue.empty():
+            return await self.queue.get()
+        try:
+            return await asyncio.wait_for(self.queue.get(), max(0.0, (deadline_ns - time.time_ns()) / 1e9))
+        except TimeoutError:
+            return None
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         while True:

@@ -112,14 +112,15 @@ class SystemBackend:
         async with self._bus.subscribe(match) as sub:
             last_id = ""
             if since_ns is not None:
-                for event in await self._bus.history(since_ns, until_ns):
-                    if match(event):
-                        last_id = event.stream_id
-                        yield event.message
+                for past in await self._bus.history(since_ns, until_ns):
+                    if match(past):
+                        last_id = past.stream_id
+                        yield past.message
             if until_ns is not None and until_ns <= now:
                 return
-            while True:
-                event = await sub.get()
+            # ``until`` ends the follow of new events, never the replay above (moby writes the
+            # buffered events before it starts its timer's select).
+            while (event := await sub.next(until_ns)) is not None:
                 if last_id and _stream_id_le(event.stream_id, last_id):
                     continue
                 if until_ns is not None and event.time_ns > until_ns:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from aiohttp import web
 
@@ -55,7 +54,7 @@ async def get_events(request: web.Request) -> web.StreamResponse:
     resp.content_type = JSON_TYPE
     resp.enable_chunked_encoding()
     await resp.prepare(request)
-    gone = asyncio.ensure_future(_gone_or_deadline(request, until_ns))
+    gone = asyncio.ensure_future(until_disconnected(request.transport))  # the deadline is the backend's
     try:
         async for message in until(events, gone):
             await resp.write(dumps(message) + b"\n")
@@ -65,18 +64,6 @@ async def get_events(request: web.Request) -> web.StreamResponse:
     finally:
         gone.cancel()
     return resp
-
-
-async def _gone_or_deadline(request: web.Request, until_ns: int | None) -> None:
-    watch = asyncio.ensure_future(until_disconnected(request.transport))
-    try:
-        if until_ns is None:
-            await watch
-            return
-        delay = max(0.0, (until_ns - time.time_ns()) / 1e9)
-        await asyncio.wait({watch}, timeout=delay)
-    finally:
-        watch.cancel()
 
 
 async def get_metrics(request: web.Request) -> web.StreamResponse:

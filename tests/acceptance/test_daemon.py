@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import docker as docker_sdk
 import pytest
 
 from tests.acceptance.conftest import Docker
@@ -110,6 +111,23 @@ def test_events_for_a_run(dkr: Docker, loaded: str) -> None:
     for a in ("start", "die", "destroy"):
         assert a in actions
     assert actions.index("start") < actions.index("die") < actions.index("destroy")
+
+
+def test_until_never_cuts_the_replay_of_stored_events(client: docker_sdk.DockerClient) -> None:
+    """``until`` ends the follow of new events, not the replay of stored ones: with a deadline a
+    few milliseconds away, all 80 stored events still arrive (moby writes the buffered
+    events before it starts its timer)."""
+    since = time.time() - 0.1
+    names = [f"replay-{n}:latest" for n in range(40)]
+    for name in names:
+        client.api.tag("busybox:latest", name)
+    for name in names:
+        client.api.remove_image(name)
+    for ahead in (0.001, 0.003, 0.006, 0.012):  # deadlines that fall before, during and after the replay
+        stream = client.api.events(since=since, until=time.time() + ahead, filters={"type": "image"}, decode=True)
+        seen = [(e["Action"], e["Actor"]["Attributes"].get("name")) for e in stream]
+        assert sorted(n for a, n in seen if a == "tag" and n in names) == sorted(names), ahead
+        assert sorted(n for a, n in seen if a == "untag" and n in names) == sorted(names), ahead
 
 
 def test_containers_survive_berthd_sigkill(session_root: Path, session_token: str, cli_config: Path,
