@@ -103,7 +103,7 @@ async def _access_log(request: web.Request, handler: Handler) -> web.StreamRespo
         ms = round((time.perf_counter() - start) * 1000, 2)
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "-"
         request.app[METRICS].observe_request(request.method, route, status, ms / 1000)
-        log.info("api_request", method=request.method, path=request.path, status=status, ms=ms)
+        log.debug("api_request", method=request.method, path=request.path, status=status, ms=ms)  # dockerd: debug too
         structlog.contextvars.unbind_contextvars("request_id")
 
 
