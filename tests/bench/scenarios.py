@@ -11,6 +11,7 @@ import json
 import logging
 import secrets
 import shutil
+import statistics
 import tarfile
 import threading
 import time
@@ -23,6 +24,7 @@ from typing import Any
 from urllib.parse import quote
 
 from tests.bench import api
+from tests.bench.canned import CONTAINER_ID, CannedEngine
 from tests.bench.engines import CLI, Engine
 from tests.bench.images import MB, BuiltImage, ceilings
 from tests.bench.measure import Better, Deadline, Goal, Row, Series, interleave
@@ -338,12 +340,29 @@ def exec_true(bench: Bench) -> None:
     reason = _probe(bench, "exec", lambda: http_exec(bench.berth))
     try:
         note = f"Berth: {reason}" if reason else ""
-        bench.measure("exec <c> true", "cli", "ms", lambda e: bench.cli.timed(e.host, "exec", running[e.name], "true"),
-                      goal=GOAL_EXEC, note=note, berth=not reason)
+        cli = bench.measure("exec <c> true", "cli", "ms",
+                            lambda e: bench.cli.timed(e.host, "exec", running[e.name], "true"),
+                            goal=GOAL_EXEC, note=note, berth=not reason)
+        floor = _cli_floor(bench)
+        bench.add(Row("docker exec against a canned API that does no work (the CLI's own floor)", "cli", "ms",
+                      note="the client alone", extra={"value": floor}))
+        if cli.berth and cli.docker:
+            bench.add(Row("exec <c> true: the engine's share (CLI time minus that floor)", "cli", "ms",
+                          berth=Series([s - floor for s in cli.berth.samples]),
+                          docker=Series([s - floor for s in cli.docker.samples])))
         bench.measure("exec <c> true", "http", "ms", http_exec, note=note, berth=not reason)
     finally:
         for engine in bench.engines:
             remove_all(engine)
+
+
+def _cli_floor(bench: Bench) -> float:
+    """Median ms of ``docker exec <c> true`` against :class:`CannedEngine`: what the CLI costs
+    by itself, which dilutes every engine's CLI figure alike."""
+    with CannedEngine(bench.root / "canned.sock") as canned:
+        samples = [bench.cli.timed(canned.host, "exec", CONTAINER_ID[:12], "true")
+                   for _ in range(bench.warmup + bench.iterations)]
+    return statistics.median(samples[bench.warmup:]) * 1000
 
 
 def stop_trapping(bench: Bench) -> None:
