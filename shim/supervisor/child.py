@@ -1,7 +1,8 @@
 """The forked child: from a copy of the supervisor to the container's process, then ``execve``.
 
-Runs between ``linux.fork_for_exec()`` and ``execve()`` in a copy of the single-threaded supervisor, already
-PID 1 of its own PID namespace (the supervisor unshared CLONE_NEWPID before forking). Rules:
+Runs between ``linux.fork_for_exec()`` and ``execve()`` in a copy of the single-threaded
+supervisor, already PID 1 of its own PID namespace (the supervisor unshared CLONE_NEWPID before
+forking). Rules:
 
 * only ``os``/``common.linux`` calls and plain data handling: no logging, no asyncio, no imports
   (after ``pivot_root`` ``sys.path`` points into the container: every module used here is imported
