@@ -5,7 +5,6 @@ detach, `docker attach` (no replay of old output), `docker exec -it`, window res
 
 from __future__ import annotations
 
-import os
 import secrets
 import shlex
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.acceptance.conftest import Docker
-from tests.support.daemon import Berthd
+from tests.support.daemon import Berthd, kill_quietly
 
 pytestmark = pytest.mark.acceptance
 
@@ -63,10 +62,7 @@ class Tmux:
         pid = self._tmux("display-message", "-p", "#{pid}").strip()
         self._tmux("kill-server")
         if pid.isdigit():  # make sure our tmux server is gone even if kill-server failed
-            try:
-                os.kill(int(pid), 9)
-            except ProcessLookupError:
-                pass
+            kill_quietly(int(pid))
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench import api
-from tests.support.daemon import Berthd, remove_cgroups, unmount_below
+from tests.support.daemon import Berthd, kill_quietly, remove_cgroups, unmount_below
 
 # Paths outside its roots that dockerd/containerd 20.10/1.6 create on their own; removed after
 # the run when they did not exist before and are empty (``key.json`` is moved by daemon.json).
@@ -370,10 +370,7 @@ class PrivateDockerd(Engine):
         # Shims exit with their containers; anything of ours still running is killed by PID.
         for pid in _all_pids():
             if any(str(self.root) in arg for arg in _cmdline(pid)):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                kill_quietly(pid)
         remove_cgroups(self.cgroup_parent)
         unmount_below(self.root)
         if self.bridge and self.bridge in os.listdir("/sys/class/net"):

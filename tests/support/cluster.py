@@ -4,7 +4,6 @@ table) and API servers joining through ``--redis-url``. Everything is stopped by
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import redis
 
 from common import redis_server
 from common.keys import Keys
-from tests.support.daemon import REPO, Berthd, NetNames, remove_cgroups, unmount_below
+from tests.support.daemon import REPO, Berthd, NetNames, kill_quietly, remove_cgroups, unmount_below
 
 
 @dataclass
@@ -83,10 +82,7 @@ class Node:
         supervisor = self.supervisor_pid()
         self.stop()
         if supervisor is not None:
-            try:
-                os.kill(supervisor, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            kill_quietly(supervisor)
         remove_cgroups(self.cgroup_parent)
         unmount_below(self.root)
         subprocess.run(["nft", "delete", "table", "ip", self.table], capture_output=True, check=False)

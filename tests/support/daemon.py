@@ -3,6 +3,7 @@ PID and make sure nothing it started outlives the test (processes, mounts, cgrou
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -141,10 +142,7 @@ class Berthd:
         pids = self.service_pids()
         self.stop()
         for pid in pids.values():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            kill_quietly(pid)
         remove_cgroups(self.cgroup_parent)
         unmount_below(self.root)
         self.net.cleanup()
@@ -207,6 +205,12 @@ def host_route_networks() -> list[ipaddress.IPv4Network]:
     return found
 
 
+def kill_quietly(pid: int) -> None:
+    """SIGKILL ``pid`` (one of ours, by PID); gone already is fine."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
 def remove_cgroups(parent: str) -> None:
     """Kill whatever is left in the test's cgroups and remove them, deepest first."""
     base = Path("/sys/fs/cgroup")
@@ -219,10 +223,7 @@ def remove_cgroups(parent: str) -> None:
             procs = d / "cgroup.procs"
             try:
                 for pid in procs.read_text().split():
-                    try:
-                        os.kill(int(pid), signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+                    kill_quietly(int(pid))
             except OSError:
                 pass
             for _ in range(50):
