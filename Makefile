@@ -3,11 +3,20 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 PROTOS := protos/shim/v1/shim.proto protos/snapshotter/v1/snapshotter.proto
-DEB_PACKAGES := redis-server busybox-static iptables nftables docker-registry openssl tmux tini
+DEB_PACKAGES := redis-server busybox-static iptables nftables docker-registry openssl tmux tini gcc libc6-dev
+# The exec helper (see shim/supervisor/exec_child.py): static, so that its exec maps no ld.so.
+NATIVE := shim/native/berth-exec
+CC ?= cc
+NATIVE_CFLAGS := -O2 -Wall -Wextra -Werror -static
 
-.PHONY: install install-deb install-py run test protos protos-check lint bench clean
+.PHONY: install install-deb install-py native run test protos protos-check lint bench clean
 
-install: install-deb install-py
+install: install-deb native install-py
+
+native: $(NATIVE)
+
+$(NATIVE): $(NATIVE).c
+	$(CC) $(NATIVE_CFLAGS) -o $@ $<
 
 install-deb:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -35,4 +44,4 @@ bench:
 	$(PYTHON) -m tests.bench $(BENCH_ARGS)
 
 clean:
-	rm -rf build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf build *.egg-info .pytest_cache .mypy_cache .ruff_cache $(NATIVE)

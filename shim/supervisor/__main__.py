@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from common import logs
+from shim.supervisor import exec_child
 from shim.supervisor.server import Supervisor, SupervisorConfig
 from shim.wire import SupervisorPaths
 
@@ -26,6 +27,11 @@ def main(argv: list[str] | None = None) -> None:
     logs.configure(args.log_level, process="supervisor")
     paths = SupervisorPaths(root=args.root.absolute(), exec_root=args.exec_root.absolute())
     config = SupervisorConfig(paths=paths, cgroup_parent=args.cgroup_parent)
+    try:
+        exec_child.check_helper()
+    except exec_child.HelperMissing as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(1)
     os.chdir("/")  # hold no directory busy
     paths.exec_root.mkdir(parents=True, exist_ok=True, mode=0o700)
     paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)

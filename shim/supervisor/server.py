@@ -1448,7 +1448,7 @@ class Supervisor:
         raise OpError("StartFailed", run.error, state=wire.encode(run.state(cid)), seq=run.exit_seq)
 
     def _start_exec(self, c: Container, spec: ExecSpec, run: ExecRun) -> Process:
-        """Fork ``spec`` into the container: forked inside its PID namespace, the child joins
+        """Start ``spec`` in the container: spawned inside its PID namespace, the child joins
         the rest (:mod:`shim.supervisor.exec_child`)."""
         main = self._running_process(c)
         if c.status == Status.PAUSED:
@@ -1497,9 +1497,7 @@ class Supervisor:
             if pidns >= 0:
                 linux.setns(pidns, linux.CLONE_NEWPID)  # only where children go
             try:
-                pid = linux.fork_for_exec()
-                if pid == 0:
-                    exec_child.run(plan)  # never returns
+                pid = exec_child.spawn(plan)
             finally:
                 if pidns >= 0 and os.getpid() != 1:
                     linux.setns(self.pidns_fd, linux.CLONE_NEWPID)

@@ -172,6 +172,26 @@ class FeatureContract:
         with pytest.raises(ContainerNotRunning):
             await runtime.exec(stopped.id, xspec("true"), inputs([]))
 
+    async def test_exec_is_set_up_as_the_first_process_is(self, runtime: Runtime, containers: Containers) -> None:
+        """The container's first process (the Python child) and an exec (the native helper) get
+        the same user, groups, HOME, cwd, umask, rlimits, capabilities, no_new_privs, seccomp,
+        namespaces, cgroups and nothing but stdio."""
+        probe = ("id -u; id -g; id -G; echo $HOME; pwd; umask; ulimit -n; ulimit -Hn; ulimit -u;"
+                 " grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp):' /proc/self/status;"
+                 " ls /proc/self/fd | tr '\\n' ' '; echo;"
+                 " for n in ipc mnt net pid uts; do readlink /proc/self/ns/$n; done; cat /proc/self/cgroup")
+        options = {"user": "nobody:users", "cwd": "/tmp", "group_add": ("www-data", "4321"),
+                   "no_new_privileges": True, "ulimits": (Ulimit("nofile", 100, 200), Ulimit("nproc", 50, 60))}
+        id = await running(runtime, containers, "sh", "-c", f"{probe}; echo END; exec sleep 1000", **options)
+        await eventually(lambda: logged(runtime, id, "END\n"), what="the first process's probe")
+        first = "".join(await log_text(runtime, id)).removesuffix("END\n")
+        _, out, err = await run_exec(runtime, id, xspec("sh", "-c", probe, user="nobody:users", cwd="/tmp"))
+        assert err == b""
+        assert out.decode() == first
+        lines = first.split("\n")
+        assert lines[:9] == ["65534", "100", "100 33 4321", "/home", "/tmp", "0022", "100", "200", "50"]
+        assert "NoNewPrivs:\t1" in lines and "Seccomp:\t2" in lines and "0 1 2 3 " in lines
+
     async def test_detached_exec(self, runtime: Runtime, containers: Containers, recorder: Recorder) -> None:
         id = await running(runtime, containers)
         spec = xspec("sh", "-c", "echo nobody-reads-this; touch /tmp/done; exit 3", detach=True)
