@@ -8,6 +8,7 @@ the first delivered event (writers update state before they append the event).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -91,20 +92,52 @@ class Subscription:
 
 
 class EventBus:
+    """Follows the Redis stream only while someone subscribes: every event would otherwise wake
+    this process (three per ``docker exec``) for nobody. ``--rm`` removal does not need it
+    (the shim queues those exits, see ``Keys.autoremove_queue``)."""
+
     def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
         self._subscribers: set[Subscription] = set()
         self._last_id = "0-0"
-        self._ready = asyncio.Event()
+        self._follower: asyncio.Task[None] | None = None
+        self._positioned = asyncio.Event()
 
     async def run(self) -> None:
-        """Follow the stream until cancelled; Redis outages are retried."""
-        latest = await self._redis.xrevrange(self._keys.events, count=1)
-        if latest:
-            self._last_id = text(latest[0][0])
-        self._ready.set()
-        while True:
+        """Owns the follower for the daemon's lifetime: cancelling this stops it."""
+        try:
+            await asyncio.Event().wait()
+        finally:
+            if self._follower is not None:
+                self._follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._follower
+
+    async def ready(self) -> None:
+        """Kept for callers that wait for the bus: it is ready at once (it positions itself on
+        the stream when the first subscriber comes)."""
+
+    async def _following(self) -> None:
+        """A follower positioned at the end of the stream, started if none runs."""
+        if self._follower is None or self._follower.done():
+            self._positioned = asyncio.Event()
+            self._follower = asyncio.get_running_loop().create_task(self._follow(self._positioned))
+        await self._positioned.wait()
+
+    async def _follow(self, positioned: asyncio.Event) -> None:
+        """Read new events until nobody listens (checked after each read, and the check and the
+        end of this task happen in one step: a subscriber either sees it done or is served)."""
+        while not positioned.is_set():
+            try:
+                latest = await self._redis.xrevrange(self._keys.events, count=1)
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+                log.warning("events_follow_failed", error=str(exc))
+                await asyncio.sleep(0.5)
+                continue
+            self._last_id = text(latest[0][0]) if latest else "0-0"
+            positioned.set()
+        while self._subscribers:
             try:
                 batches: Any = await self._redis.xread({self._keys.events: self._last_id}, block=_BLOCK_MS, count=500)
             except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
@@ -121,9 +154,6 @@ class EventBus:
                     if event is not None:
                         self._publish(event)
 
-    async def ready(self) -> None:
-        await self._ready.wait()
-
     def _publish(self, event: Event) -> None:
         for sub in list(self._subscribers):
             if sub.predicate is None or sub.predicate(event):
@@ -131,10 +161,10 @@ class EventBus:
 
     @asynccontextmanager
     async def subscribe(self, predicate: Callable[[Event], bool] | None = None) -> AsyncIterator[Subscription]:
-        await self._ready.wait()
         sub = Subscription(predicate)
         self._subscribers.add(sub)
         try:
+            await self._following()
             yield sub
         finally:
             self._subscribers.discard(sub)

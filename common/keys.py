@@ -48,6 +48,12 @@ class Keys:
         return f"{self.ns}:ctr:{id}:autoremove"
 
     @property
+    def autoremove_queue(self) -> str:
+        """List of exited ``--rm`` containers: the shim that saw the exit pushes the id, one API
+        server pops it (BLPOP) and removes the container."""
+        return f"{self.ns}:autoremove"
+
+    @property
     def names(self) -> str:
         return f"{self.ns}:names"
 

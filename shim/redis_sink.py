@@ -104,15 +104,23 @@ def exec_state_json(state: ExecState) -> str:
     return _dataclass_json(state)
 
 
-def actor_attributes(config_json: str | bytes) -> dict[str, str]:
-    """Docker's container actor attributes from the apiserver's ``config`` record."""
+def _config(config_json: str | bytes) -> dict[str, Any]:
     try:
         config: Any = json.loads(config_json) if config_json else {}
     except ValueError:
         config = {}
-    if not isinstance(config, dict):
-        config = {}
-    inner = config.get("Config") if isinstance(config.get("Config"), dict) else {}
+    return config if isinstance(config, dict) else {}
+
+
+def _auto_removed(config: dict[str, Any]) -> bool:
+    host = config.get("HostConfig")
+    return isinstance(host, dict) and bool(host.get("AutoRemove"))
+
+
+def actor_attributes(config_json: str | bytes | dict[str, Any]) -> dict[str, str]:
+    """Docker's container actor attributes from the apiserver's ``config`` record."""
+    config = config_json if isinstance(config_json, dict) else _config(config_json)
+    inner: dict[str, Any] = config["Config"] if isinstance(config.get("Config"), dict) else {}
     attributes: dict[str, str] = {}
     labels = inner.get("Labels")
     if isinstance(labels, dict):
@@ -154,7 +162,8 @@ class RedisStateSink:
         if config is None:
             log.debug("state_for_unknown_container", container=state.id[:12])
             return
-        attributes = actor_attributes(config)
+        parsed = _config(config)
+        attributes = actor_attributes(parsed)
         if event.type in (EventType.HEALTH_CHECK, EventType.HEALTH_STATUS):
             await self._record_probe(event, attributes)
             return
@@ -167,6 +176,8 @@ class RedisStateSink:
                 attributes["execDuration"] = str((state.finished_at_ns - state.started_at_ns) // 1_000_000_000)
             await self._forget_unstarted_execs(state.id)
         await append_event(self._redis, self._keys, "container", _ACTIONS[event.type], state.id, attributes)
+        if event.type is EventType.EXIT and _auto_removed(parsed):
+            await self._redis.rpush(self._keys.autoremove_queue, state.id)  # after "die": waiters see it first
 
     async def _record_exec(self, type: EventType, state: ContainerState, run: ExecState) -> None:
         """The container's state, the exec's and, once it exited, its ``exec_die`` event: one

@@ -50,6 +50,8 @@ from shim.network.api import Networking
 
 log = structlog.get_logger()
 
+_AUTOREMOVE_BLOCK_S = 5  # a BLPOP's block: cancellation and reconnects are noticed this often
+
 LIST_FILTERS = ("id", "name", "label", "status", "exited", "ancestor", "before", "since", "is-task",
                 "health", "network", "volume", "publish", "expose", "isolation")
 WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
@@ -495,14 +497,23 @@ class ContainerBackend:
 
     # -- background --------------------------------------------------------------------------------
     async def auto_remove_forever(self) -> None:
-        """Remove ``--rm`` containers when they exit (one API server claims each exit)."""
-        async with self._bus.subscribe(lambda e: e.type == "container" and e.action == "die") as sub:
-            for record in await self.store.all():
-                if not record.running and record.state and record.config["HostConfig"].get("AutoRemove"):
-                    await self._auto_remove(record.id)
-            while True:
-                event = await sub.get()
-                await self._auto_remove(event.actor_id)
+        """Remove ``--rm`` containers when they exit: the shim queues each such exit, one API
+        server pops it. Exits from before this server started are swept first."""
+        for record in await self.store.all():
+            if not record.running and record.state and record.config["HostConfig"].get("AutoRemove"):
+                await self._auto_remove(record.id)
+        while True:
+            try:
+                popped = await self._redis.blpop([self._keys.autoremove_queue], timeout=_AUTOREMOVE_BLOCK_S)
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc  # redis-py can turn a cancel into a timeout
+                log.warning("auto_remove_follow_failed", error=str(exc))
+                await asyncio.sleep(0.5)
+                continue
+            if popped:
+                await self._auto_remove(text(popped[1]))
 
     async def _auto_remove(self, id: str) -> None:
         try:
