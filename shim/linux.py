@@ -458,7 +458,10 @@ class LinuxRuntime:
         else:
             stream, result, error = await ExecStream.open(self._socket, id, spec, idle=self._ctl().idle)
         seq = int(result.get("seq", 0)) if isinstance(result, dict) else 0
-        await self._recorded(seq)  # its start (or failed start) is in the state store
+        if error is not None or spec.detach:
+            await self._recorded(seq)  # its failed start, or a detached one, is in the state store
+        # An attached exec's output flows at once; its start is recorded meanwhile, and its end
+        # waits for its exit's record, which comes after (events are recorded in order).
         if error is not None:
             raise error
         state = wire.decode(ExecState, result["state"])
