@@ -231,11 +231,10 @@ class ContainerBackend:
 
     # -- read --------------------------------------------------------------------------------------
     async def inspect(self, ref: str, *, size: bool = False) -> dict[str, Any]:
-        record = await self.store.resolve(ref)
+        record, exec_ids = await self.store.resolve_with_execs(ref)
         size_rw = size_root = None
         if size:
             size_rw, size_root = await self._sizes(record)
-        exec_ids = sorted(text(i) for i in await self._redis.smembers(self._keys.container_execs(record.id)))
         return views.inspect_view(record, size_rw=size_rw, size_rootfs=size_root, exec_ids=exec_ids)
 
     async def _sizes(self, record: ContainerRecord) -> tuple[int, int]:

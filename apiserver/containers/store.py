@@ -137,6 +137,41 @@ end
 return 0
 """
 
+# A reference (ARGV[1]) to one container, in one call, as ``resolve`` orders the lookups: a full
+# id, then a name (in the hash KEYS[1]; leading slashes dropped), then a unique prefix of ids (the
+# lex set KEYS[2], up to ARGV[2]). ARGV[3] is the container key without the id. Returns
+# {"ok", id, <HGETALL as a flat list>, <the execs' set if ARGV[4] is "1">}, {"multiple"},
+# {"gone", id} (a name whose record is gone) or {"missing"}.
+_RESOLVE = """
+local ref, prefix = ARGV[1], ARGV[3]
+local id = false
+if #ref == 64 and redis.call('HEXISTS', prefix .. ref, 'config') == 1 then
+  id = ref
+end
+if not id then
+  id = redis.call('HGET', KEYS[1], (string.gsub(ref, '^/+', '')))
+end
+if not id and string.match(ref, '^[0-9a-f]+$') then
+  local ids = redis.call('ZRANGEBYLEX', KEYS[2], '[' .. ref, '[' .. ARGV[2], 'LIMIT', 0, 2)
+  if #ids > 1 then
+    return {'multiple'}
+  end
+  id = ids[1] or false
+end
+if not id then
+  return {'missing'}
+end
+local fields = redis.call('HGETALL', prefix .. id)
+if #fields == 0 then
+  return {'gone', id}
+end
+local out = {'ok', id, fields}
+if ARGV[4] == '1' then
+  out[4] = redis.call('SMEMBERS', prefix .. id .. ':execs')
+end
+return out
+"""
+
 
 class ContainerStore:
     def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
@@ -144,6 +179,7 @@ class ContainerStore:
         self._keys = keys
         self._list_stamps = redis.register_script(_LIST_STAMPS)
         self._fetch = redis.register_script(_FETCH)
+        self._resolve = redis.register_script(_RESOLVE)
         self._cache: dict[bytes, CachedRecord] = {}  # id → the record the last list read
         # The last list, by ``net``, with the containers' generation read before it was made.
         self._memo: dict[bool, tuple[bytes | str, list[CachedRecord]]] = {}
@@ -230,23 +266,26 @@ class ContainerStore:
 
     async def resolve(self, ref: str) -> ContainerRecord:
         """Full id, then name (with or without the leading slash), then unique id prefix."""
+        return (await self.resolve_with_execs(ref, execs=False))[0]
+
+    async def resolve_with_execs(self, ref: str, *, execs: bool = True) -> tuple[ContainerRecord, list[str]]:
+        """:meth:`resolve`, and (``execs``) the ids of the container's execs, in one round trip."""
         if not ref:
             raise ContainerNotFound("No such container: ")
-        ref_name = ref.lstrip("/")
-        if len(ref) == 64:
-            record = _decode(ref, await self._redis.hgetall(self._keys.container(ref)))
-            if record is not None:
-                return record
-        owner = await self._redis.hget(self._keys.names, ref_name)
-        if owner is not None:
-            return await self.get(text(owner))
-        if all(c in "0123456789abcdef" for c in ref):
-            ids = await self._redis.zrangebylex(self._keys.containers_lex, f"[{ref}", f"[{ref}\xff", start=0, num=2)
-            if len(ids) > 1:
-                raise InvalidArgument(f"multiple IDs found with provided prefix: {ref}")
-            if ids:
-                return await self.get(text(ids[0]))
-        raise ContainerNotFound(f"No such container: {ref}")
+        reply = await self._resolve(keys=[self._keys.names, self._keys.containers_lex],
+                                    args=[ref, ref.encode() + b"\xff", self._keys.container(""), "1" if execs else ""])
+        outcome = reply[0]
+        if outcome == b"multiple":
+            raise InvalidArgument(f"multiple IDs found with provided prefix: {ref}")
+        if outcome == b"gone":
+            raise ContainerNotFound(f"No such container: {text(reply[1])}")
+        if outcome != b"ok":
+            raise ContainerNotFound(f"No such container: {ref}")
+        id, flat = text(reply[1]), reply[2]
+        record = _decode(id, dict(zip(flat[::2], flat[1::2], strict=True)))
+        if record is None:  # a hash without its config: being written or removed
+            raise ContainerNotFound(f"No such container: {ref}")
+        return record, sorted(text(i) for i in reply[3]) if execs else []
 
     async def all(self) -> list[ContainerRecord]:
         """Every container, newest first."""

@@ -4,10 +4,12 @@ list — through the records' stamps and the containers' generation."""
 
 from __future__ import annotations
 
+import pytest
 import redis.asyncio as aioredis
 
 from apiserver.containers.store import ContainerRecord, ContainerStore
 from common.keys import Keys
+from protos.errors import ContainerNotFound, InvalidArgument
 from shim.api import ContainerState, EventType, Status, TaskEvent
 from shim.network.api import NetworkState
 from shim.network.redis_state import RedisNetStateSink
@@ -57,3 +59,24 @@ async def test_every_writer_shows_in_the_other_servers_list(redis_client: aiored
     assert set(await listed(b)) == {first.id}
     generation = await redis_client.get(keys.containers_generation)
     assert int(generation or 0) >= 7  # every write above counted
+
+
+async def test_resolve_in_one_round_trip(redis_client: aioredis.Redis, keys: Keys) -> None:
+    store = ContainerStore(redis_client, keys)
+    first, second = record(0x1abc), record(0x2abc)
+    for n, r in enumerate((first, second)):
+        await store.reserve_name(r.name, r.id)
+        await store.put(r, n)
+    await redis_client.sadd(keys.container_execs(first.id), "e2", "e1")
+    for ref in (first.id, "c6844", "/c6844", first.id[:-3]):
+        resolved, execs = await store.resolve_with_execs(ref)
+        assert (resolved.id, resolved.name, execs) == (first.id, "c6844", ["e1", "e2"]), ref
+    assert (await store.resolve(second.id[:-2])).id == second.id
+    with pytest.raises(InvalidArgument, match=f"multiple IDs found with provided prefix: {first.id[:60]}"):
+        await store.resolve(first.id[:60])
+    for ref in ("nope", "abc", "f" * 64, "0" * 70):
+        with pytest.raises(ContainerNotFound, match=f"No such container: {ref}"):
+            await store.resolve(ref)
+    await redis_client.hset(keys.names, "dangling", "d" * 64)  # a name whose record went
+    with pytest.raises(ContainerNotFound, match="No such container: " + "d" * 64):
+        await store.resolve("dangling")
