@@ -64,7 +64,11 @@ class NodeDirectory:
 
     async def host(self, node_id: str) -> HostServices:
         """Services of ``node_id``; reconnects when the node re-registered at new addresses."""
-        record = await self.record(node_id)
+        return await self.host_of(await self.record(node_id))
+
+    async def host_of(self, record: NodeRecord) -> HostServices:
+        """:meth:`host` for a node record the caller just read (with what it read anyway)."""
+        node_id = record.id
         async with self._lock:
             cached = self._hosts.get(node_id)
             if cached is not None and (cached.node.shim_address, cached.node.snapshotter_address) == (

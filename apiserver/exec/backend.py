@@ -26,6 +26,7 @@ from apiserver.hijack import parse_detach_keys
 from apiserver.nodes import NodeDirectory
 from common.events import EVENTS_MAXLEN, append_event, event_message
 from common.keys import Keys, text
+from common.nodes import NodeRecord
 from protos.errors import Conflict, ContainerNotFound, ContainerNotRunning, InvalidArgument, NotFound
 from shim.api import AttachInput, ExecSpec, ExecState, Output, ProcessSpec, Runtime
 
@@ -40,10 +41,10 @@ return 1
 """
 
 # An exec record (KEYS[1]) and its container's: the exec's config, state ("" when absent),
-# started ("1" or ""), container id; then the container's config, state and node ("" when absent)
-# if ARGV[2] is "1", else whether its record exists ("1" or ""). False if the exec is unknown.
-# ARGV[1] is the container key without the id. Records written before ``cid`` existed name the
-# container only in their config.
+# started ("1" or ""), container id; then the container's config, state, node and that node's
+# record in the hash KEYS[2] ("" when absent) if ARGV[2] is "1", else whether its record exists
+# ("1" or ""). False if the exec is unknown. ARGV[1] is the container key without the id.
+# Records written before ``cid`` existed name the container only in their config.
 _READ = """
 local exec = redis.call('HMGET', KEYS[1], 'config', 'state', 'started', 'cid')
 if not exec[1] then
@@ -55,6 +56,7 @@ local key = ARGV[1] .. cid
 if ARGV[2] == '1' then
   local c = redis.call('HMGET', key, 'config', 'state', 'node')
   out[5], out[6], out[7] = c[1] or '', c[2] or '', c[3] or ''
+  out[8] = c[3] and redis.call('HGET', KEYS[2], c[3]) or ''
 else
   out[5] = redis.call('HEXISTS', key, 'config') == 1 and '1' or ''
 end
@@ -92,6 +94,7 @@ class ExecRecord:
     state: dict[str, Any]
     started: bool
     container: ContainerRecord | None = None  # its container's record, when read with it
+    node: NodeRecord | None = None  # and its container's node, if that is registered
 
     @property
     def container_id(self) -> str:
@@ -187,14 +190,17 @@ class ExecBackend:
     async def _read(self, exec_id: str, *, container: bool) -> ExecRecord:
         """The exec and (``container``) its container's record, in one call; ExecNotFound if
         either is gone."""
-        reply = await self._read_script(keys=[self._keys.exec(exec_id)],
+        reply = await self._read_script(keys=[self._keys.exec(exec_id), self._keys.nodes],
                                         args=[self._keys.container(""), "1" if container else ""])
         if not reply:
             raise ExecNotFound(f"No such exec instance: {exec_id}")
         config, state, started, cid = reply[:4]
         ctr: ContainerRecord | None = None
+        node_record: NodeRecord | None = None
         if container:
-            ctr_config, ctr_state, node = reply[4:7]
+            ctr_config, ctr_state, node, raw_node = reply[4:8]
+            if raw_node:
+                node_record = NodeRecord.from_json(raw_node)
             if not ctr_config:
                 raise ExecNotFound(f"No such exec instance: {exec_id}")
             ctr = ContainerRecord(id=text(cid), config=loads(ctr_config), state=loads(ctr_state) if ctr_state else {},
@@ -202,7 +208,7 @@ class ExecBackend:
         elif not reply[4]:
             raise ExecNotFound(f"No such exec instance: {exec_id}")
         return ExecRecord(id=exec_id, config=loads(config), state=loads(state) if state else {},
-                          started=bool(started), container=ctr)
+                          started=bool(started), container=ctr, node=node_record)
 
     async def get(self, exec_id: str) -> ExecRecord:
         return await self._read(exec_id, container=False)
@@ -225,12 +231,14 @@ class ExecBackend:
         assert container is not None
         event = event_message("container", f"exec_start: {record.command}", container.id,
                               _attributes(container, execID=record.id))
-        # The node's services are looked up meanwhile (another read).
-        runtime = asyncio.ensure_future(self._runtime(container))
+        # The node's services are looked up meanwhile (no read when the record came with the exec's).
+        node = record.node
+        host = asyncio.ensure_future(self._nodes.host_of(node) if node is not None and node.id == container.node
+                                     else self._nodes.host(container.node))
         try:
             await self._claim(record, container, event)
         except BaseException:
-            runtime.add_done_callback(_discard)
+            host.add_done_callback(_discard)
             raise
         c = record.config
         size = console_size or c.get("ConsoleSize") or [0, 0]
@@ -243,7 +251,7 @@ class ExecBackend:
                                 console_height=int(size[0] or 0) if tty else 0,
                                 console_width=int(size[1] or 0) if tty else 0),
             privileged=bool(c.get("Privileged")), detach=detach)
-        return await (await runtime).exec(container.id, spec, stdin)
+        return await (await host).runtime.exec(container.id, spec, stdin)
 
     async def _claim(self, record: ExecRecord, container: ContainerRecord, event: dict[str, Any]) -> None:
         """Once per exec, whichever API server asks first, and only while the container runs."""
