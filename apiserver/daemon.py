@@ -54,7 +54,7 @@ from apiserver.routers import volumes as volumes_router
 from apiserver.system import SystemBackend
 from apiserver.volumes.backend import VolumeBackend
 from apiserver.volumes.store import VolumeStore
-from common import redis_server
+from common import fastredis, redis_server
 from common.keys import Keys
 from common.nodes import load_or_create_node_id
 from protos.errors import Unavailable
@@ -265,6 +265,7 @@ class Daemon:
         finally:
             await runner.cleanup()
             await directory.close()
+            fastredis.close(redis)
             await redis.aclose()
 
     async def _stop_containers(self, containers: ContainerBackend, node_id: str) -> None:

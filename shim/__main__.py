@@ -28,7 +28,7 @@ import grpc
 import redis.asyncio as aioredis
 import structlog
 
-from common import logs, nodes
+from common import fastredis, logs, nodes
 from common.grpc_tls import NO_TLS, TLSFiles, add_port, add_tls_arguments, check_listener, is_tcp, tls_from_arguments
 from common.keys import Keys
 from protos.errors import Unavailable
@@ -212,6 +212,7 @@ async def serve(cfg: ShimConfig) -> int:
         # Nothing runs any more: take Berth's bridges, veths, namespaces and nft table away.
         await manager.close(teardown=exiting)
         await runtime.close()
+        fastredis.close(redis)
         await redis.aclose()
         log.info("shim_stopped")
     return 1 if lost else 0

@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from common.events import EVENTS_MAXLEN, append_event, event_message
+from common.fastredis import fast_script
 from common.keys import Keys, text, version_stamp
 from shim.api import ContainerState, EventType, ExecState, TaskEvent
 
@@ -143,8 +144,10 @@ class RedisStateSink:
     def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
-        self._set_state = redis.register_script(_SET_STATE)
-        self._set_exec_state = redis.register_script(_SET_EXEC_STATE)
+        # Every transition and every exec writes with these: the cheap way (common/fastredis.py).
+        self._set_state = fast_script(redis, _SET_STATE)
+        self._set_exec_state = fast_script(redis, _SET_EXEC_STATE)
+        self._set_state_pipelined = redis.register_script(_SET_STATE)  # sync(): many in one pipeline
         # container id → (``v`` stamp, actor attributes): what exec events need of its config
         self._actors: dict[str, tuple[str, dict[str, str]]] = {}
 
@@ -248,6 +251,6 @@ class RedisStateSink:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for state in states:
-                await self._set_state(keys=[self._keys.container(state.id), self._keys.containers_generation],
-                                      args=[state_json(state), version_stamp()], client=pipe)
+                await self._set_state_pipelined(keys=[self._keys.container(state.id), self._keys.containers_generation],
+                                                args=[state_json(state), version_stamp()], client=pipe)
             await pipe.execute()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from common import redis_server
+from common import fastredis, redis_server
 from common.keys import Keys
 
 
@@ -69,4 +69,5 @@ async def redis_client(redis_process: Path, keys: Keys) -> AsyncIterator[aioredi
     yield client
     async for key in client.scan_iter(match=f"{keys.ns}:*", count=1000):
         await client.delete(key)
+    fastredis.close(client)
     await client.aclose()

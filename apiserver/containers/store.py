@@ -20,6 +20,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from apiserver.fastjson import dumps, loads
+from common.fastredis import fast_script
 from common.keys import Keys, text, version_stamp
 from protos.errors import ContainerNotFound, InvalidArgument, NameConflict
 
@@ -179,7 +180,7 @@ class ContainerStore:
         self._keys = keys
         self._list_stamps = redis.register_script(_LIST_STAMPS)
         self._fetch = redis.register_script(_FETCH)
-        self._resolve = redis.register_script(_RESOLVE)
+        self._resolve = fast_script(redis, _RESOLVE)  # on every container route: the cheap way
         self._cache: dict[bytes, CachedRecord] = {}  # id → the record the last list read
         # The last list, by ``net``, with the containers' generation read before it was made.
         self._memo: dict[bool, tuple[bytes | str, list[CachedRecord]]] = {}

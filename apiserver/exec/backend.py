@@ -25,6 +25,7 @@ from apiserver.fastjson import dumps, loads
 from apiserver.hijack import parse_detach_keys
 from apiserver.nodes import NodeDirectory
 from common.events import EVENTS_MAXLEN, append_event, event_message
+from common.fastredis import fast_script
 from common.keys import Keys, text
 from common.nodes import NodeRecord
 from protos.errors import Conflict, ContainerNotFound, ContainerNotRunning, InvalidArgument, NotFound
@@ -143,9 +144,10 @@ class ExecBackend:
         self._keys = keys
         self._containers = containers
         self._nodes = nodes
-        self._create_script = redis.register_script(_CREATE)
-        self._read_script = redis.register_script(_READ)
-        self._start_script = redis.register_script(_START)
+        # Every docker exec runs these: the cheap way (common/fastredis.py).
+        self._create_script = fast_script(redis, _CREATE)
+        self._read_script = fast_script(redis, _READ)
+        self._start_script = fast_script(redis, _START)
 
     async def create(self, ref: str, body: Any) -> str:
         if not isinstance(body, dict):
