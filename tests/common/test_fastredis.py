@@ -74,7 +74,7 @@ async def test_password_and_database_on_tcp(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",  # noqa: ASYNC220
                              "--appendonly", "no", "--requirepass", "s3cret", "--dir", str(tmp_path)],
                             stdout=subprocess.DEVNULL, start_new_session=True)
     good = aioredis.Redis.from_url(f"redis://:s3cret@127.0.0.1:{port}/3")
