@@ -266,16 +266,13 @@ static struct db read_db(const char *path) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return db;
-    size_t cap = 65536, size = 0;
-    char *text = array((uint32_t)cap + 1, 1);
-    while (size < MAX_DB) {
-        if (cap - size < 65536) {
-            cap *= 2;
-            text = realloc(text, cap + 1);
-            if (!text)
-                fail("init: internal error: out of memory");
-        }
-        ssize_t n = read(fd, text + size, 65536);
+    struct stat st;
+    size_t cap = fstat(fd, &st) == 0 && st.st_size > 0 ? (size_t)st.st_size : MAX_DB, size = 0;
+    if (cap > MAX_DB)
+        cap = MAX_DB;
+    char *text = array((uint32_t)cap + 1, 1); /* the file's size: one read, no regrowth */
+    while (size < cap) {
+        ssize_t n = read(fd, text + size, cap - size);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)

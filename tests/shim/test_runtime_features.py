@@ -440,7 +440,7 @@ async def test_exec_calls_are_opened_ahead_and_replaced_when_the_shim_goes(
         linux_runtime: LinuxRuntime, containers: Containers, shim_dir: Path,
         cleanup_check: Callable[[], list[str]]) -> None:
     """RemoteRuntime keeps the next exec's call open; an exec takes it, the next one is opened
-    after the stream ended; a spare whose shim went away is replaced, never used."""
+    after the stream ended; a spare whose shim went away ends, and is replaced, never used."""
     socket_path = shim_dir / f"grpc-{secrets.token_hex(3)}.sock"
 
     async def serve() -> grpc.aio.Server:
@@ -462,8 +462,12 @@ async def test_exec_calls_are_opened_ahead_and_replaced_when_the_shim_goes(
         assert (await run_exec(remote, id, xspec("echo", "two")))[1] == b"two\n"
         assert spare.call.done()  # it carried the second exec
         await eventually(lambda: remote._spare is not None and remote._spare is not spare, what="the next spare")
-        await server.stop(None)  # the shim goes away under the spare, and comes back
+        dead = remote._spare
+        assert dead is not None
+        await server.stop(None)  # the shim goes away under the spare (which ends), and comes back
+        await eventually(lambda: dead.call.done(), what="the spare's end")
         server = await serve()
+        await asyncio.wait_for(channel.channel_ready(), TIMEOUT)  # past the reconnect back-off
         state, out, _ = await run_exec(remote, id, xspec("sh", "-c", "echo three; exit 4"))
         assert out == b"three\n" and state.running
     finally:
