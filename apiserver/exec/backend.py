@@ -4,8 +4,9 @@ container's node, which writes the record's ``state`` (running, pid, exit code) 
 ``exec_die`` event; ``exec_create`` and ``exec_start`` come from here, as dockerd emits them.
 
 An exec costs few Redis round trips, each one script: the record and its event are written
-together; the record is read together with its container's; the start is claimed, the
-container found still running and ``exec_start`` appended in one more.
+together; at its start the record is read together with its container's and node's, and the
+start claimed if the container runs, in one call; ``exec_start`` is appended while the shim is
+asked.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+import structlog
 
 from apiserver.containers import create as create_mod
 from apiserver.containers.store import ContainerRecord, ContainerStore
@@ -30,6 +32,8 @@ from common.keys import Keys, text
 from common.nodes import NodeRecord
 from protos.errors import Conflict, ContainerNotFound, ContainerNotRunning, InvalidArgument, NotFound
 from shim.api import AttachInput, ExecSpec, ExecState, Output, ProcessSpec, Runtime
+
+log = structlog.get_logger()
 
 # A new exec: its record KEYS[1] (``config`` ARGV[1], container id ARGV[2]), listed in the
 # container's set KEYS[2] (as ARGV[3]), and its ``exec_create`` event ARGV[4] appended to the
@@ -46,6 +50,8 @@ return 1
 # record in the hash KEYS[2] ("" when absent) if ARGV[2] is "1", else whether its record exists
 # ("1" or ""). False if the exec is unknown. ARGV[1] is the container key without the id.
 # Records written before ``cid`` existed name the container only in their config.
+# With ARGV[3] = "1" the start is claimed too, once per exec and only while the container runs:
+# out[9] is "claimed", "started" (someone claimed it before) or "" (not running, or no record).
 _READ = """
 local exec = redis.call('HMGET', KEYS[1], 'config', 'state', 'started', 'cid')
 if not exec[1] then
@@ -58,29 +64,19 @@ if ARGV[2] == '1' then
   local c = redis.call('HMGET', key, 'config', 'state', 'node')
   out[5], out[6], out[7] = c[1] or '', c[2] or '', c[3] or ''
   out[8] = c[3] and redis.call('HGET', KEYS[2], c[3]) or ''
+  out[9] = ''
+  if ARGV[3] == '1' and c[1] and c[2] and cjson.decode(c[2])['status'] == 'running' then
+    out[9] = redis.call('HSETNX', KEYS[1], 'started', '1') == 1 and 'claimed' or 'started'
+  end
 else
   out[5] = redis.call('HEXISTS', key, 'config') == 1 and '1' or ''
 end
 return out
 """
 
-# Claim the start of exec KEYS[1] once its container KEYS[2] is still running, and append the
-# ``exec_start`` event ARGV[1] to the stream KEYS[3] (capped at about ARGV[2] entries). Returns
-# {"ok"}; {"gone"} if either record is gone; {"state", <container state>} if the container does
-# not run; {"started", <exec state or "">} if someone started the exec already.
-_START = """
-if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[2], 'config') == 0 then
-  return {'gone'}
-end
-local state = redis.call('HGET', KEYS[2], 'state') or ''
-if state == '' or cjson.decode(state)['status'] ~= 'running' then
-  return {'state', state}
-end
-if redis.call('HSETNX', KEYS[1], 'started', '1') == 0 then
-  return {'started', redis.call('HGET', KEYS[1], 'state') or ''}
-end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1])
-return {'ok'}
+# The ``exec_start`` event ARGV[1], appended to the stream KEYS[1] (capped near ARGV[2] entries).
+_APPEND_EVENT = """
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1])
 """
 
 
@@ -96,6 +92,8 @@ class ExecRecord:
     started: bool
     container: ContainerRecord | None = None  # its container's record, when read with it
     node: NodeRecord | None = None  # and its container's node, if that is registered
+    claimed: bool = False  # this server claimed its start (check_startable)
+    conflict: Conflict | None = None  # why it may not start: raised by start(), after the hijack
 
     @property
     def container_id(self) -> str:
@@ -123,10 +121,9 @@ def _attributes(record: ContainerRecord, **extra: str) -> dict[str, str]:
             **(record.config["Config"].get("Labels") or {}), **extra}
 
 
-def _discard(task: asyncio.Future[Any]) -> None:
-    """Done callback of a task whose result nobody wants: its exception is not an error."""
-    if not task.cancelled():
-        task.exception()
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("exec_event_lost", error=str(task.exception()))
 
 
 def _runnable(status: str, id: str, name: str) -> None:
@@ -147,7 +144,7 @@ class ExecBackend:
         # Every docker exec runs these: the cheap way (common/fastredis.py).
         self._create_script = fast_script(redis, _CREATE)
         self._read_script = fast_script(redis, _READ)
-        self._start_script = fast_script(redis, _START)
+        self._append_event = fast_script(redis, _APPEND_EVENT)
 
     async def create(self, ref: str, body: Any) -> str:
         if not isinstance(body, dict):
@@ -189,11 +186,12 @@ class ExecBackend:
             args=[dumps(exec_config), record.id, exec_id, dumps(event), EVENTS_MAXLEN])
         return exec_id
 
-    async def _read(self, exec_id: str, *, container: bool) -> ExecRecord:
+    async def _read(self, exec_id: str, *, container: bool, claim: bool = False) -> ExecRecord:
         """The exec and (``container``) its container's record, in one call; ExecNotFound if
-        either is gone."""
+        either is gone. ``claim``: and the claim of its start (see _READ)."""
         reply = await self._read_script(keys=[self._keys.exec(exec_id), self._keys.nodes],
-                                        args=[self._keys.container(""), "1" if container else ""])
+                                        args=[self._keys.container(""), "1" if container else "",
+                                              "1" if claim else ""])
         if not reply:
             raise ExecNotFound(f"No such exec instance: {exec_id}")
         config, state, started, cid = reply[:4]
@@ -209,8 +207,13 @@ class ExecBackend:
                                   node=text(node))
         elif not reply[4]:
             raise ExecNotFound(f"No such exec instance: {exec_id}")
-        return ExecRecord(id=exec_id, config=loads(config), state=loads(state) if state else {},
-                          started=bool(started), container=ctr, node=node_record)
+        exec_state = loads(state) if state else {}
+        conflict: Conflict | None = None
+        if container and reply[8] == b"started":
+            ran = bool(exec_state) and not exec_state.get("running")
+            conflict = Conflict(f"exec command {exec_id} {'has already run' if ran else 'is already running'}")
+        return ExecRecord(id=exec_id, config=loads(config), state=exec_state, started=bool(started), container=ctr,
+                          node=node_record, claimed=container and reply[8] == b"claimed", conflict=conflict)
 
     async def get(self, exec_id: str) -> ExecRecord:
         return await self._read(exec_id, container=False)
@@ -219,12 +222,19 @@ class ExecBackend:
         return (await self._nodes.host(container.node)).runtime
 
     async def check_startable(self, exec_id: str) -> ExecRecord:
-        """moby's ExecExists: the exec, its container running (before the connection is hijacked).
-        The record returned carries its container's."""
-        record = await self._read(exec_id, container=True)
+        """moby's ExecExists: the exec, its container running (before the connection is hijacked);
+        and, in the same call, the claim of its start, once per exec whichever API server asks
+        first. The record returned carries its container's; a start claimed before is its
+        ``conflict`` (moby reports that on the hijacked stream). A caller that cannot go on (the
+        hijack failed) gives the claim back with :meth:`unclaim`."""
+        record = await self._read(exec_id, container=True, claim=True)
         assert record.container is not None
         _runnable(record.container.status, record.container.id, record.container.id)
         return record
+
+    async def unclaim(self, record: ExecRecord) -> None:
+        if record.claimed:
+            await self._redis.hdel(self._keys.exec(record.id), "started")
 
     async def start(self, record: ExecRecord, *, detach: bool, console_size: list[int] | None,
                     stdin: AsyncIterator[AttachInput]) -> tuple[ExecState, AsyncIterator[Output]]:
@@ -233,15 +243,16 @@ class ExecBackend:
         assert container is not None
         event = event_message("container", f"exec_start: {record.command}", container.id,
                               _attributes(container, execID=record.id))
-        # The node's services are looked up meanwhile (no read when the record came with the exec's).
+        if record.conflict is not None:
+            raise record.conflict
+        # Written before the shim is asked (this task runs first), so it precedes the shim's
+        # exec_die; nobody waits for it.
+        appended = asyncio.ensure_future(self._append_event(keys=[self._keys.events],
+                                                            args=[dumps(event), EVENTS_MAXLEN]))
+        appended.add_done_callback(_log_failure)
         node = record.node
-        host = asyncio.ensure_future(self._nodes.host_of(node) if node is not None and node.id == container.node
-                                     else self._nodes.host(container.node))
-        try:
-            await self._claim(record, container, event)
-        except BaseException:
-            host.add_done_callback(_discard)
-            raise
+        host = await (self._nodes.host_of(node) if node is not None and node.id == container.node
+                      else self._nodes.host(container.node))
         c = record.config
         size = console_size or c.get("ConsoleSize") or [0, 0]
         tty = bool(c.get("Tty"))
@@ -253,23 +264,7 @@ class ExecBackend:
                                 console_height=int(size[0] or 0) if tty else 0,
                                 console_width=int(size[1] or 0) if tty else 0),
             privileged=bool(c.get("Privileged")), detach=detach)
-        return await (await host).runtime.exec(container.id, spec, stdin)
-
-    async def _claim(self, record: ExecRecord, container: ContainerRecord, event: dict[str, Any]) -> None:
-        """Once per exec, whichever API server asks first, and only while the container runs."""
-        outcome, *detail = await self._start_script(
-            keys=[self._keys.exec(record.id), self._keys.container(container.id), self._keys.events],
-            args=[dumps(event), EVENTS_MAXLEN])
-        if outcome == b"gone":
-            raise ExecNotFound(f"No such exec instance: {record.id}")
-        if outcome == b"state":
-            state = loads(detail[0]) if detail[0] else {}
-            _runnable(str(state.get("status", "created")), container.id, container.id)
-        if outcome == b"started":
-            state = loads(detail[0]) if detail[0] else {}
-            if state and not state.get("running"):
-                raise Conflict(f"exec command {record.id} has already run")
-            raise Conflict(f"exec command {record.id} is already running")
+        return await host.runtime.exec(container.id, spec, stdin)
 
     async def detached(self, record: ExecRecord) -> None:
         try:

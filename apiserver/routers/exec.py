@@ -52,7 +52,11 @@ async def post_exec_start(request: web.Request) -> web.StreamResponse:
             pass
         return web.Response(status=200)
     multiplexed = not tty and _api_version(request) >= (1, 42)
-    resp, conn = await hijack(request, MULTIPLEXED_STREAM if multiplexed else RAW_STREAM)
+    try:
+        resp, conn = await hijack(request, MULTIPLEXED_STREAM if multiplexed else RAW_STREAM)
+    except BaseException:
+        await backend.unclaim(record)  # never started: startable again, as moby leaves it
+        raise
     try:
         await _session(backend, record, conn, tty=tty, console=console)
     finally:

@@ -100,6 +100,8 @@ def test_exec_with_docker_py(client: docker_sdk.DockerClient, box: str) -> None:
         client.api.exec_start(exec_id, detach=True)
     assert started_twice.value.status_code == 409
     assert f"exec command {exec_id} has already run" in str(started_twice.value)
+    again = client.api.exec_start(exec_id)  # attached: moby writes the error onto the hijacked stream
+    assert f"exec command {exec_id} has already run".encode() in again
     with pytest.raises(docker_sdk.errors.NotFound, match="No such exec instance: nope"):
         client.api.exec_inspect("nope")
     with pytest.raises(docker_sdk.errors.APIError, match="No exec command specified"):
