@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from protos.errors import Unavailable
+from protos.errors import Unavailable, Unimplemented
 from protos.rpc import rpc_errors, stream_errors
 from protos.shim.v1 import shim_pb2 as pb
 from protos.shim.v1 import shim_pb2_grpc
@@ -40,18 +40,12 @@ from shim.api import (
 
 T = TypeVar("T")
 
-# After an exec's stream ended, its client (docker exec) reads the exit code within ~1 ms: the
-# next spare call is opened after that.
-_REFILL_DELAY_S = 0.02
-
 
 class RemoteRuntime:
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        self._channel = channel
         self._stub = shim_pb2_grpc.TasksStub(channel)  # type: ignore[no-untyped-call]
         # Subscriptions not yet confirmed by the server: (container id, or "" for events; future).
         self._pending: set[tuple[str, asyncio.Future[None]]] = set()
-        self._spare: _SpareExec | None = None  # the next exec's call, opened ahead (see _SpareExec)
 
     def _track(self, id: str, confirmed: asyncio.Future[None]) -> None:
         entry = (id, confirmed)
@@ -195,51 +189,39 @@ class RemoteRuntime:
     async def exec(self, id: str, spec: ExecSpec,
                    stdin: AsyncIterator[AttachInput]) -> tuple[ExecState, AsyncIterator[Output]]:
         await self._subscriptions_in_place()
-        spare = self._spare
-        # A spare is used only on a connection known to be up: one opened before the shim went
-        # away may not be marked done yet (its failure comes with the next read).
-        if spare is None or spare.call.done() or self._channel.get_state() != grpc.ChannelConnectivity.READY:
-            if spare is not None:
-                spare.call.cancel()
-            spare = _SpareExec(self._stub)
-        self._spare = None
-        call = spare.use(convert.exec_request(id, spec),
-                         stdin if spec.process.open_stdin and not spec.detach else None)
-        return await self._exec_started(call, refill=self._refill_spare)
-
-    def _refill_spare(self) -> None:
-        """Open the next exec's call soon, once the ended exec's client has had its answer
-        (opening one costs ~0.2 ms of this loop); not at all once the loop or the channel is
-        gone: the next exec opens its own."""
-        try:
-            asyncio.get_running_loop().call_later(_REFILL_DELAY_S, self._open_spare)
-        except RuntimeError:
-            pass
-
-    def _open_spare(self) -> None:
-        if self._spare is None or self._spare.call.done():
+        if not spec.process.open_stdin or spec.detach:
+            # Nothing goes up: one request (a shim from before ExecOutput gets the stream call).
+            call = self._stub.ExecOutput(convert.exec_request(id, spec))
             try:
-                self._spare = _SpareExec(self._stub)
-            except (RuntimeError, grpc.aio.UsageError):
-                self._spare = None
+                return await self._exec_started(call)
+            except Unimplemented:
+                pass
 
-    async def _exec_started(self, call: Any, *, refill: Callable[[], None]) -> tuple[ExecState, AsyncIterator[Output]]:
+        async def requests() -> AsyncIterator[pb.ExecRequest]:
+            yield convert.exec_request(id, spec)
+            if spec.process.open_stdin and not spec.detach:
+                async for item in stdin:
+                    yield convert.exec_input_to_proto(item)
+                    if item.close:
+                        return
+
+        return await self._exec_started(self._stub.Exec(requests()))
+
+    async def _exec_started(self, call: Any) -> tuple[ExecState, AsyncIterator[Output]]:
         """The exec's state once the shim says it runs, and its output."""
         try:
             async with rpc_errors():
                 first = await call.read()
         except BaseException:
             call.cancel()
-            refill()
             raise
         if first is grpc.aio.EOF:
             call.cancel()
-            refill()
             raise Unavailable("exec: the shim ended the stream before the process started")
-        return convert.exec_state_from_proto(first.started), self._exec_stream(call, refill)
+        return convert.exec_state_from_proto(first.started), self._exec_stream(call)
 
     @staticmethod
-    async def _exec_stream(call: Any, refill: Callable[[], None]) -> AsyncIterator[Output]:
+    async def _exec_stream(call: Any) -> AsyncIterator[Output]:
         try:
             while True:
                 async with rpc_errors():
@@ -249,7 +231,6 @@ class RemoteRuntime:
                 yield convert.exec_output_from_proto(message)
         finally:
             call.cancel()
-            refill()
 
     async def resize_exec(self, id: str, exec_id: str, height: int, width: int) -> None:
         async with rpc_errors():
@@ -280,30 +261,3 @@ async def _messages_after(call: Any, first: asyncio.Future[None], decode: Callab
             yield decode(message)
     finally:
         call.cancel()
-
-
-class _SpareExec:
-    """An Exec call opened before an exec needs it: its stream to the shim, and the shim's
-    handler, are set up while nothing waits, and the handler waits for the first message. An
-    exec that takes it sends its request at once: on this VM the first reply comes in ~0.3 ms
-    instead of ~0.6 ms for a new call. Each exec still has its own stream (its own flow
-    control); the client opens the next spare once an exec's stream ended."""
-
-    def __init__(self, stub: Any) -> None:
-        self._first: asyncio.Future[tuple[pb.ExecRequest, AsyncIterator[AttachInput] | None]] = \
-            asyncio.get_running_loop().create_future()
-        self.call = stub.Exec(self._requests())
-
-    def use(self, request: pb.ExecRequest, stdin: AsyncIterator[AttachInput] | None) -> Any:
-        self._first.set_result((request, stdin))
-        return self.call
-
-    async def _requests(self) -> AsyncIterator[pb.ExecRequest]:
-        request, stdin = await self._first
-        yield request
-        if stdin is not None:
-            async for item in stdin:
-                yield convert.exec_input_to_proto(item)
-                if item.close:
-                    return
-

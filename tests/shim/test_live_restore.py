@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -25,10 +26,12 @@ from common import linux, redis_server
 from common.keys import Keys
 from protos.errors import NotFound, Unavailable
 from protos.rpc import insecure_channel
-from shim.api import LogsOptions, Status
+from shim.api import ExecSpec, LogsOptions, ProcessSpec, Status
 from shim.client import RemoteRuntime
 from shim.supervisor.cgroups import Layout, remove_tree
 from tests.shim.conftest import Containers, collect, eventually
+from tests.shim.contract import inputs
+from tests.support.busybox import PATH_ENV
 
 PROJECT = str(Path(__file__).resolve().parents[2])
 LINES = 300
@@ -195,3 +198,24 @@ async def test_shim_restart_keeps_containers_logs_and_exit_codes(
     shim.kill(signal.SIGTERM)  # no container runs: the supervisor exits with the shim
     assert shim.proc is not None and shim.proc.returncode == 0
     await eventually(lambda: not (shim.exec_root / "supervisor.pid").exists(), 10, "the idle supervisor to exit")
+
+
+async def test_shim_stops_promptly_after_execs(shim: ShimProcess, containers: Containers,
+                                               redis_client: aioredis.Redis, keys: Keys) -> None:
+    """SIGTERM drains the shim's RPCs for up to its grace period (5 s): nothing a client left
+    open after its execs (a call opened ahead, a stream not closed) may hold that up."""
+    shim.start()
+    runtime = await shim.ready()
+    spec = containers.spec("sleep", "1000")
+    await register(redis_client, keys, spec.id, "stopper")
+    await runtime.create(spec)
+    await runtime.start(spec.id)
+    for _ in range(3):
+        exec_spec = ExecSpec(exec_id=secrets.token_hex(32),
+                             process=ProcessSpec(args=("true",), env=(PATH_ENV,)))
+        _, outputs = await runtime.exec(spec.id, exec_spec, inputs([]))
+        await collect(outputs)
+    await asyncio.sleep(0.2)  # past anything a client does after an exec
+    started = time.monotonic()
+    shim.kill(signal.SIGTERM)
+    assert time.monotonic() - started < 3, shim.log.read_text()[-2000:]

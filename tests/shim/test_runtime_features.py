@@ -13,15 +13,12 @@ import re
 import resource
 import secrets
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import grpc
 import pytest
 
 from protos.errors import BerthError, Conflict, ContainerNotRunning, InvalidArgument, NotModified, StartFailed
-from protos.rpc import SERVER_OPTIONS, insecure_channel
-from protos.shim.v1 import shim_pb2_grpc
 from shim.api import (
     AttachInput,
     EventType,
@@ -38,9 +35,6 @@ from shim.api import (
     Stream,
     Ulimit,
 )
-from shim.client import RemoteRuntime
-from shim.linux import LinuxRuntime
-from shim.service import TasksServicer
 from shim.supervisor import caps
 from shim.supervisor.cgroups import Layout
 from tests.shim.conftest import Containers, Recorder, collect, eventually
@@ -434,44 +428,3 @@ class TestRemoteFeatures(FeatureContract):
     @pytest.fixture
     def runtime(self, remote_runtime: Runtime) -> Runtime:
         return remote_runtime
-
-
-async def test_exec_calls_are_opened_ahead_and_replaced_when_the_shim_goes(
-        linux_runtime: LinuxRuntime, containers: Containers, shim_dir: Path,
-        cleanup_check: Callable[[], list[str]]) -> None:
-    """RemoteRuntime keeps the next exec's call open; an exec takes it, the next one is opened
-    after the stream ended; a spare whose shim went away ends, and is replaced, never used."""
-    socket_path = shim_dir / f"grpc-{secrets.token_hex(3)}.sock"
-
-    async def serve() -> grpc.aio.Server:
-        server = grpc.aio.server(options=SERVER_OPTIONS)
-        shim_pb2_grpc.add_TasksServicer_to_server(TasksServicer(linux_runtime), server)  # type: ignore[no-untyped-call]
-        server.add_insecure_port(f"unix:{socket_path}")
-        await server.start()
-        return server
-
-    server = await serve()
-    channel = insecure_channel(str(socket_path))
-    remote = RemoteRuntime(channel)
-    try:
-        id = await running(linux_runtime, containers)
-        assert (await run_exec(remote, id, xspec("echo", "one")))[1] == b"one\n"
-        await eventually(lambda: remote._spare is not None, what="a spare exec call")
-        spare = remote._spare
-        assert spare is not None and not spare.call.done()
-        assert (await run_exec(remote, id, xspec("echo", "two")))[1] == b"two\n"
-        assert spare.call.done()  # it carried the second exec
-        await eventually(lambda: remote._spare is not None and remote._spare is not spare, what="the next spare")
-        dead = remote._spare
-        assert dead is not None
-        await server.stop(None)  # the shim goes away under the spare (which ends), and comes back
-        await eventually(lambda: dead.call.done(), what="the spare's end")
-        server = await serve()
-        await asyncio.wait_for(channel.channel_ready(), TIMEOUT)  # past the reconnect back-off
-        state, out, _ = await run_exec(remote, id, xspec("sh", "-c", "echo three; exit 4"))
-        assert out == b"three\n" and state.running
-    finally:
-        await containers.cleanup(linux_runtime)
-        await channel.close()
-        await server.stop(None)
-    assert cleanup_check() == []
