@@ -88,12 +88,13 @@ class ShimProcess:
 
 @pytest.fixture
 def shim(shim_dir: Path, redis_process: Path, keys: Keys, cgroup_parent: str) -> Iterator[ShimProcess]:
-    base = shim_dir / "live"
+    name = f"live-{secrets.token_hex(3)}"  # one per test: the shim directory is the session's
+    base = shim_dir / name
     base.mkdir()
     shim = ShimProcess(
         args=["--root", str(base / "root"), "--exec-root", str(base / "run"), "--address", str(base / "shim.sock"),
               "--redis-url", redis_server.redis_url(redis_process), "--redis-namespace", keys.ns,
-              "--cgroup-parent", f"{cgroup_parent}/live", "--log-level", "debug"],
+              "--cgroup-parent", f"{cgroup_parent}/{name}", "--log-level", "debug"],
         log=base / "shim.log", address=base / "shim.sock", exec_root=base / "run", root=base / "root")
     # The supervisor outlives the first shim (its parent): as subreaper the test inherits and reaps it.
     linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
@@ -101,13 +102,13 @@ def shim(shim_dir: Path, redis_process: Path, keys: Keys, cgroup_parent: str) ->
         yield shim
     finally:
         shim.kill()
-        remove_tree(Layout.detect(), f"{cgroup_parent}/live")  # container processes, by cgroup
+        remove_tree(Layout.detect(), f"{cgroup_parent}/{name}")  # container processes, by cgroup
         pid = shim.supervisor_pid()
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         for _ in range(100):
-            if not remove_tree(Layout.detect(), f"{cgroup_parent}/live"):
+            if not remove_tree(Layout.detect(), f"{cgroup_parent}/{name}"):
                 break
             time.sleep(0.05)
         for pid in shim.supervisors:  # reap the supervisor, handed to us when the first shim died
