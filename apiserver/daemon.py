@@ -249,7 +249,6 @@ class Daemon:
             await start_sites(runner, cfg)
             async with asyncio.TaskGroup() as tasks:
                 bus_task = tasks.create_task(bus.run())
-                await bus.ready()
                 background = [bus_task, tasks.create_task(containers.auto_remove_forever())]
                 if embedded is not None:
                     for service in (embedded.redis, embedded.shim, embedded.snapshotter):

@@ -11,10 +11,10 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
@@ -24,6 +24,8 @@ from common.keys import Keys, text
 log = structlog.get_logger()
 
 _BLOCK_MS = 5_000
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,21 @@ def _decode(entry_id: Any, fields: Any) -> Event | None:
         return Event(sid, json.loads(raw))
     except json.JSONDecodeError:
         return None
+
+
+async def until_read(read: Callable[[], Awaitable[T]], failure: str) -> T:
+    """``read()`` (a blocking Redis read of a follower), retried every 0.5 s through Redis
+    outages (logged as ``failure``); a cancellation that redis-py turned into a connection error
+    stays a cancellation."""
+    while True:
+        try:
+            return await read()
+        except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from exc
+            log.warning(failure, error=str(exc))
+            await asyncio.sleep(0.5)
 
 
 def _id_tuple(stream_id: str) -> tuple[int, int]:
@@ -114,10 +131,6 @@ class EventBus:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._follower
 
-    async def ready(self) -> None:
-        """Kept for callers that wait for the bus: it is ready at once (it positions itself on
-        the stream when the first subscriber comes)."""
-
     async def _following(self) -> None:
         """A follower positioned at the end of the stream, started if none runs."""
         if self._follower is None or self._follower.done():
@@ -128,25 +141,14 @@ class EventBus:
     async def _follow(self, positioned: asyncio.Event) -> None:
         """Read new events until nobody listens (checked after each read, and the check and the
         end of this task happen in one step: a subscriber either sees it done or is served)."""
-        while not positioned.is_set():
-            try:
-                latest = await self._redis.xrevrange(self._keys.events, count=1)
-            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
-                log.warning("events_follow_failed", error=str(exc))
-                await asyncio.sleep(0.5)
-                continue
-            self._last_id = text(latest[0][0]) if latest else "0-0"
-            positioned.set()
+        latest: Any = await until_read(lambda: self._redis.xrevrange(self._keys.events, count=1),
+                                       "events_follow_failed")
+        self._last_id = text(latest[0][0]) if latest else "0-0"
+        positioned.set()
         while self._subscribers:
-            try:
-                batches: Any = await self._redis.xread({self._keys.events: self._last_id}, block=_BLOCK_MS, count=500)
-            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError from exc  # redis-py can turn a cancel into a timeout
-                log.warning("events_follow_failed", error=str(exc))
-                await asyncio.sleep(0.5)
-                continue
+            batches: Any = await until_read(
+                lambda: self._redis.xread({self._keys.events: self._last_id}, block=_BLOCK_MS, count=500),
+                "events_follow_failed")
             for _, entries in batches or []:
                 for entry_id, fields in entries:
                     self._last_id = text(entry_id)

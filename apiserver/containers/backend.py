@@ -24,7 +24,7 @@ from apiserver.containers import prune as prune_mod
 from apiserver.containers import runtime_options, views
 from apiserver.containers.names import generate_name
 from apiserver.containers.store import CachedRecord, ContainerRecord, ContainerStore
-from apiserver.events import Event, EventBus
+from apiserver.events import Event, EventBus, until_read
 from apiserver.httputil import Filters, dumps
 from apiserver.images.replicate import ImageReplicator
 from apiserver.images.store import ImageStore
@@ -502,15 +502,9 @@ class ContainerBackend:
             if not record.running and record.state and record.config["HostConfig"].get("AutoRemove"):
                 await self._auto_remove(record.id)
         while True:
-            try:
-                popped = await self._redis.blpop([self._keys.autoremove_queue], timeout=_AUTOREMOVE_BLOCK_S)
-            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError from exc  # redis-py can turn a cancel into a timeout
-                log.warning("auto_remove_follow_failed", error=str(exc))
-                await asyncio.sleep(0.5)
-                continue
+            popped: Any = await until_read(
+                lambda: self._redis.blpop([self._keys.autoremove_queue], timeout=_AUTOREMOVE_BLOCK_S),
+                "auto_remove_follow_failed")
             if popped:
                 await self._auto_remove(text(popped[1]))
 

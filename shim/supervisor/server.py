@@ -254,7 +254,7 @@ class Container:
         self.deleting = False
         self.execs: dict[str, Process] = {}
         self.seccomp = b""  # the compiled profile ("" = unconfined)
-        self.exec_handles: ExecHandles | None = None  # its namespaces for execs, while it runs
+        self._exec_handles: ExecHandles | None = None  # its namespaces for execs, while it runs
         # restart policy (moby's restart manager)
         self.restart_count = 0
         self.manually_stopped = False
@@ -284,6 +284,18 @@ class Container:
 
     def running(self) -> bool:
         return self.process is not None
+
+    def exec_handles(self, pid: int) -> ExecHandles:
+        """The namespaces execs join, for its first process ``pid`` (opened anew after a restart)."""
+        if self._exec_handles is None or self._exec_handles.pid != pid:
+            self.drop_exec_handles()
+            self._exec_handles = ExecHandles(pid, self.spec.pid == NamespaceMode.PRIVATE)
+        return self._exec_handles
+
+    def drop_exec_handles(self) -> None:
+        if self._exec_handles is not None:
+            self._exec_handles.close()
+            self._exec_handles = None
 
 
 class Connection(asyncio.Protocol):
@@ -798,9 +810,7 @@ class Supervisor:
             if fd is not None and fd >= 0:
                 os.close(fd)
         c.log_fd, c.oom_fd = -1, None
-        if c.exec_handles is not None:
-            c.exec_handles.close()
-            c.exec_handles = None
+        c.drop_exec_handles()
 
     def op_shutdown(self, conn: Connection, message: dict[str, Any]) -> Any:
         """Exit if no container runs (``if_idle``), else stay; ``force`` stops them all first."""
@@ -1285,9 +1295,7 @@ class Supervisor:
                     self._emit(EventType.OOM, c)
         c.status, c.pid, c.finished_at_ns = Status.STOPPED, 0, time.time_ns()
         c.process = None
-        if c.exec_handles is not None:  # its namespaces go with it
-            c.exec_handles.close()
-            c.exec_handles = None
+        c.drop_exec_handles()  # its namespaces go with it
         delay = self._restart_delay(c, proc)
         if delay is not None:
             c.restart_count += 1
@@ -1497,12 +1505,7 @@ class Supervisor:
         child_ends: dict[str, int] = {}
         pty_sockets: tuple[socket.socket, socket.socket] | None = None
         try:
-            handles = c.exec_handles
-            if handles is None or handles.pid != main.pid:
-                if handles is not None:
-                    handles.close()
-                c.exec_handles = None
-                handles = c.exec_handles = ExecHandles(main.pid, c.spec.pid == NamespaceMode.PRIVATE)
+            handles = c.exec_handles(main.pid)
             pidns = handles.pidns
             if p.terminal and not detached:
                 pty_sockets = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
