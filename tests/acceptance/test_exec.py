@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 from collections.abc import Iterator
 
@@ -12,6 +13,7 @@ import docker as docker_sdk
 import pytest
 
 from tests.acceptance.conftest import Docker
+from tests.support.daemon import Berthd
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.acceptance
@@ -87,7 +89,23 @@ def test_detached_exec_exec_ids_and_inspect(dkr: Docker, client: docker_sdk.Dock
     assert finished["Id"] not in (json.loads(dkr("inspect", "-f", "{{json .ExecIDs}}", box).stdout) or [])
 
 
-def test_exec_with_docker_py(client: docker_sdk.DockerClient, box: str) -> None:
+def _start_attached(socket_path: str, exec_id: str) -> bytes:
+    """POST /exec/{id}/start hijacked, as the CLI sends it; everything the daemon writes until it
+    closes (docker-py's reader can drop bytes that arrive together with the 101)."""
+    body = b'{"Detach":false,"Tty":false}'
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(socket_path)
+        s.sendall(b"POST /v1.50/exec/%s/start HTTP/1.1\r\nHost: api\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                  % (exec_id.encode(), len(body), body))
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+def test_exec_with_docker_py(client: docker_sdk.DockerClient, berthd: Berthd, box: str) -> None:
     container = client.containers.get(box)
     result = container.exec_run(["sh", "-c", "echo out; echo err >&2; exit 2"], demux=True)
     assert result.exit_code == 2 and result.output == (b"out\n", b"err\n")
@@ -100,7 +118,8 @@ def test_exec_with_docker_py(client: docker_sdk.DockerClient, box: str) -> None:
         client.api.exec_start(exec_id, detach=True)
     assert started_twice.value.status_code == 409
     assert f"exec command {exec_id} has already run" in str(started_twice.value)
-    again = client.api.exec_start(exec_id)  # attached: moby writes the error onto the hijacked stream
+    again = _start_attached(berthd.socket, exec_id)  # attached: moby writes the error onto the hijacked stream
+    assert again.startswith(b"HTTP/1.1 101")
     assert f"exec command {exec_id} has already run".encode() in again
     with pytest.raises(docker_sdk.errors.NotFound, match="No such exec instance: nope"):
         client.api.exec_inspect("nope")
