@@ -56,13 +56,16 @@ async def connect_remote(record: NodeRecord,
     shim_channel = _channel(record.shim_address, credentials)
     snap_channel = _channel(record.snapshotter_address, credentials)
 
+    runtime = RemoteRuntime(shim_channel)
+
     async def close() -> None:
+        await runtime.close()
         await shim_channel.close()
         await snap_channel.close()
 
     return HostServices(
         node=record,
-        runtime=RemoteRuntime(shim_channel),
+        runtime=runtime,
         snapshots=RemoteSnapshotter(snap_channel),
         content=RemoteContentStore(snap_channel),
         images=RemoteImages(snap_channel),

@@ -177,7 +177,8 @@ async def serve(cfg: ShimConfig) -> int:
         raise
     await restart_on_boot(runtime, cast(Runtime, wrapped))
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    shim_pb2_grpc.add_TasksServicer_to_server(TasksServicer(cast(Runtime, wrapped)), server)  # type: ignore[no-untyped-call]
+    tasks = TasksServicer(cast(Runtime, wrapped))
+    shim_pb2_grpc.add_TasksServicer_to_server(tasks, server)  # type: ignore[no-untyped-call]
     shim_pb2_grpc.add_NetworksServicer_to_server(NetworksServicer(manager), server)  # type: ignore[no-untyped-call]
     storage_service.add_servicers(server, files=LocalFiles(SupervisorPaths(cfg.root, cfg.exec_root).socket),
                                   volumes=LocalVolumes(cfg.root / "volumes"))
@@ -194,6 +195,7 @@ async def serve(cfg: ShimConfig) -> int:
         # Stop accepting and drain, then the heartbeat, then the supervisor (only if idle: the
         # containers outlive the RPC side), then the connections, in that order.
         log.info("shim_stopping")
+        tasks.drain()
         await server.stop(SHUTDOWN_GRACE)
         for task in background:
             task.cancel()

@@ -37,13 +37,19 @@ from shim.api import (
     TaskEvent,
     TopResult,
 )
+from shim.exec_channel import ExecChannelClient
 
 T = TypeVar("T")
 
 
 class RemoteRuntime:
     def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._channel = channel
         self._stub = shim_pb2_grpc.TasksStub(channel)  # type: ignore[no-untyped-call]
+        # The stream that carries execs without stdin (see shim.exec_channel); None until the
+        # first, and for good once the shim turned out not to have it.
+        self._execs: ExecChannelClient | None = None
+        self._execs_unimplemented = False
         # Subscriptions not yet confirmed by the server: (container id, or "" for events; future).
         self._pending: set[tuple[str, asyncio.Future[None]]] = set()
 
@@ -190,7 +196,14 @@ class RemoteRuntime:
                    stdin: AsyncIterator[AttachInput]) -> tuple[ExecState, AsyncIterator[Output]]:
         await self._subscriptions_in_place()
         if not spec.process.open_stdin or spec.detach:
-            # Nothing goes up: one request (a shim from before ExecOutput gets the stream call).
+            # Nothing goes up: on the exec channel, else one request (a shim from before
+            # ExecOutput gets the stream call).
+            channel = self._exec_channel()
+            if channel is not None:
+                try:
+                    return await channel.exec(id, spec)
+                except Unimplemented:
+                    self._execs_unimplemented = True  # a shim from before ExecChannel: nothing ran
             call = self._stub.ExecOutput(convert.exec_request(id, spec))
             try:
                 return await self._exec_started(call)
@@ -206,6 +219,24 @@ class RemoteRuntime:
                         return
 
         return await self._exec_started(self._stub.Exec(requests()))
+
+    def _exec_channel(self) -> ExecChannelClient | None:
+        """The exec channel, opened anew if the last one ended; a stream opened before the shim went
+        away is only known to be gone at its next read, so a connection not up now gets a new one."""
+        if self._execs_unimplemented:
+            return None
+        if self._execs is None or not self._execs.usable or \
+                self._channel.get_state() != grpc.ChannelConnectivity.READY:
+            if self._execs is not None:
+                self._execs.abandon()
+            self._execs = ExecChannelClient(self._stub)
+        return self._execs
+
+    async def close(self) -> None:
+        """End the exec channel (before its gRPC channel closes)."""
+        if self._execs is not None:
+            await self._execs.close()
+            self._execs = None
 
     async def _exec_started(self, call: Any) -> tuple[ExecState, AsyncIterator[Output]]:
         """The exec's state once the shim says it runs, and its output."""

@@ -14,12 +14,19 @@ from protos.shim.v1 import shim_pb2 as pb
 from protos.shim.v1 import shim_pb2_grpc
 from shim import convert
 from shim.api import AttachInput, Runtime
+from shim.exec_channel import ChannelRegistry
 
 
 @maps_errors
 class TasksServicer(shim_pb2_grpc.TasksServicer):
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
+        self._channels = ChannelRegistry()
+
+    def drain(self) -> None:
+        """Before the server's own drain: end the exec channels once their execs ended (an open
+        stream would hold the server's stop for its whole grace period)."""
+        self._channels.drain()
 
     async def Create(self, request: pb.CreateRequest, context: grpc.aio.ServicerContext) -> pb.CreateResponse:
         state = await self._runtime.create(convert.spec_from_proto(request.spec))
@@ -122,6 +129,11 @@ class TasksServicer(shim_pb2_grpc.TasksServicer):
         async with contextlib.aclosing(self._exec(request, _no_stdin())) as responses:
             async for response in responses:
                 yield response
+
+    async def ExecChannel(self, request_iterator: AsyncIterator[pb.ExecChannelRequest],
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExecChannelResponse]:
+        async for response in self._channels.serve(request_iterator, lambda r: self._exec(r, _no_stdin())):
+            yield response
 
     async def _exec(self, first: pb.ExecRequest | None,
                     stdin: AsyncIterator[AttachInput]) -> AsyncGenerator[pb.ExecResponse, None]:

@@ -216,10 +216,12 @@ async def remote_runtime(linux_runtime: LinuxRuntime, containers: Containers, sh
     server.add_insecure_port(f"unix:{socket_path}")
     await server.start()
     channel = insecure_channel(str(socket_path))
+    runtime = RemoteRuntime(channel)
     try:
-        yield RemoteRuntime(channel)
+        yield runtime
     finally:
         await containers.cleanup(linux_runtime)
+        await runtime.close()
         await channel.close()
         await server.stop(None)
     assert cleanup_check() == []

@@ -712,6 +712,34 @@ class ExecResponse(_message.Message):
     data: bytes
     def __init__(self, started: _Optional[_Union[ExecState, _Mapping]] = ..., stream: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
+class ExecChannelRequest(_message.Message):
+    __slots__ = ("tag", "start", "credit", "cancel")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    tag: int
+    start: ExecRequest
+    credit: int
+    cancel: bool
+    def __init__(self, tag: _Optional[int] = ..., start: _Optional[_Union[ExecRequest, _Mapping]] = ..., credit: _Optional[int] = ..., cancel: _Optional[bool] = ...) -> None: ...
+
+class ExecChannelResponse(_message.Message):
+    __slots__ = ("tag", "response", "end", "code", "message", "error_class")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CLASS_FIELD_NUMBER: _ClassVar[int]
+    tag: int
+    response: ExecResponse
+    end: bool
+    code: int
+    message: str
+    error_class: str
+    def __init__(self, tag: _Optional[int] = ..., response: _Optional[_Union[ExecResponse, _Mapping]] = ..., end: _Optional[bool] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., error_class: _Optional[str] = ...) -> None: ...
+
 class ResizeExecRequest(_message.Message):
     __slots__ = ("id", "exec_id", "height", "width")
     ID_FIELD_NUMBER: _ClassVar[int]

@@ -136,6 +136,11 @@ class TasksStub:
                 request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.ExecRequest.SerializeToString,
                 response_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.ExecResponse.FromString,
                 _registered_method=True)
+        self.ExecChannel = channel.stream_stream(
+                '/berth.shim.v1.Tasks/ExecChannel',
+                request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.ExecChannelRequest.SerializeToString,
+                response_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.ExecChannelResponse.FromString,
+                _registered_method=True)
         self.ResizeExec = channel.unary_unary(
                 '/berth.shim.v1.Tasks/ResizeExec',
                 request_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.ResizeExecRequest.SerializeToString,
@@ -300,6 +305,19 @@ class TasksServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExecChannel(self, request_iterator, context):
+        """ExecChannel carries many ExecOutput-style execs over one long-lived stream, which spares
+        each exec the setup of a call of its own (about half of its gRPC cost). The client tags each
+        exec; every response names its exec's tag, and an exec's last response has `end` (with the
+        error that ExecOutput's call would have failed with, if any). Output flows per exec within a
+        window of EXEC_CHANNEL_WINDOW bytes that the client widens with `credit` as it consumes, so
+        a slow reader of one exec never holds up the others. The server ends the stream when it
+        stops (after the execs in flight); the client then opens a new one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ResizeExec(self, request, context):
         """ResizeExec sets the window size of an exec's terminal.
         """
@@ -417,6 +435,11 @@ def add_TasksServicer_to_server(servicer, server):
                     servicer.ExecOutput,
                     request_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.ExecRequest.FromString,
                     response_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.ExecResponse.SerializeToString,
+            ),
+            'ExecChannel': grpc.stream_stream_rpc_method_handler(
+                    servicer.ExecChannel,
+                    request_deserializer=protos_dot_shim_dot_v1_dot_shim__pb2.ExecChannelRequest.FromString,
+                    response_serializer=protos_dot_shim_dot_v1_dot_shim__pb2.ExecChannelResponse.SerializeToString,
             ),
             'ResizeExec': grpc.unary_unary_rpc_method_handler(
                     servicer.ResizeExec,
@@ -971,6 +994,33 @@ class Tasks:
             '/berth.shim.v1.Tasks/ExecOutput',
             protos_dot_shim_dot_v1_dot_shim__pb2.ExecRequest.SerializeToString,
             protos_dot_shim_dot_v1_dot_shim__pb2.ExecResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecChannel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/berth.shim.v1.Tasks/ExecChannel',
+            protos_dot_shim_dot_v1_dot_shim__pb2.ExecChannelRequest.SerializeToString,
+            protos_dot_shim_dot_v1_dot_shim__pb2.ExecChannelResponse.FromString,
             options,
             channel_credentials,
             insecure,
