@@ -19,6 +19,7 @@ from aiohttp import web
 from apiserver import API_VERSION, MIN_API_VERSION, SERVER_HEADER
 from apiserver.httputil import error_response
 from apiserver.metrics import Metrics
+from apiserver.routing import VERSION_PREFIX, VersionedRouter, new_application
 from protos.errors import BerthError, NotModified
 
 log = structlog.get_logger()
@@ -36,8 +37,11 @@ def _version_tuple(v: str) -> tuple[int, ...]:
 
 def add_route(app: web.Application, method: str, path: str, handler: Handler) -> None:
     """Register ``path`` and ``/v{version}path`` for ``method``."""
-    app.router.add_route(method, path, handler)
-    app.router.add_route(method, r"/v{api_version:[0-9]+(?:\.[0-9]+)*}" + path, handler)
+    if isinstance(app.router, VersionedRouter):
+        app.router.add_versioned(method, path, handler)
+    else:  # an aiohttp that takes no router of ours (see apiserver.routing)
+        app.router.add_route(method, path, handler)
+        app.router.add_route(method, VERSION_PREFIX + path, handler)
 
 
 _PREPARED: web.RequestKey[bool] = web.RequestKey("berth.prepared", bool)
@@ -121,7 +125,7 @@ async def _not_found(request: web.Request) -> web.StreamResponse:
 
 def build_app(register: list[Callable[[web.Application], None]], **settings: Any) -> web.Application:
     """An application with the Engine API middlewares; ``register`` callbacks add the routers."""
-    app = web.Application(middlewares=[_access_log, _errors, _versions], client_max_size=0, **settings)
+    app = new_application(middlewares=[_access_log, _errors, _versions], client_max_size=0, **settings)
     app[METRICS] = Metrics()
     app.on_response_prepare.append(_engine_headers)
     for reg in register:
