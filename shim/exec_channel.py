@@ -34,6 +34,10 @@ log = structlog.get_logger()
 # buffers per call at most, too (gRPC's per-stream window is 64 KiB to a few MiB).
 WINDOW = 1 << 20
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+# How long an exec's ``started`` waits to go in one message with what follows it (its first
+# output, or its end): a message less on each side for the short execs, which end well within
+# this (docker exec <c> true: ~1 ms); a process that runs on is reported this much later.
+HOLD_S = 0.005
 
 RunExec = Callable[[pb.ExecRequest], AsyncGenerator[pb.ExecResponse, None]]
 
@@ -150,12 +154,28 @@ class _ServerChannel:
 
     async def _relay(self, tag: int, request: pb.ExecRequest, window: _Window) -> None:
         end: pb.ExecChannelResponse | None = None
+        held: pb.ExecResponse | None = None  # ``started``, to go with the exec's next message
+        following: asyncio.Future[pb.ExecResponse] | None = None
         try:
             async with contextlib.aclosing(self._run_exec(request)) as responses:
-                async for response in responses:
+                held = await anext(responses)
+                following = asyncio.ensure_future(anext(responses))
+                if not (await asyncio.wait((following,), timeout=HOLD_S))[0]:
+                    self._send(tag, held)  # a process that runs on: its start goes alone
+                    held = None
+                response: pb.ExecResponse | None
+                try:
+                    response = await following
+                except StopAsyncIteration:
+                    response = None
+                while response is not None:
+                    if held is not None:
+                        response.started.CopyFrom(held.started)
+                        held = None
                     if response.data:
                         await window.take(len(response.data))
-                    self._out.put_nowait(pb.ExecChannelResponse(tag=tag, response=response))
+                    self._send(tag, response)
+                    response = await anext(responses, None)
             end = _end(tag)
         except asyncio.CancelledError:
             pass  # the client cancelled it, or the stream is ending: nobody reads an end
@@ -165,11 +185,18 @@ class _ServerChannel:
             log.error("exec_channel_failed", error=repr(exc), exc_info=exc)
             end = _end(tag, Internal(f"internal error: {type(exc).__name__}: {exc}"))
         finally:
+            if following is not None and not following.done():
+                following.cancel()
             self._execs.pop(tag, None)
             if end is not None:
+                if held is not None:
+                    end.response.CopyFrom(held)  # started and ended: one message
                 self._out.put_nowait(end)
             if self._ending and not self._execs:
                 self._out.put_nowait(None)
+
+    def _send(self, tag: int, response: pb.ExecResponse) -> None:
+        self._out.put_nowait(pb.ExecChannelResponse(tag=tag, response=response))
 
 
 # Client ---------------------------------------------------------------------------------------
@@ -208,32 +235,37 @@ class ExecChannelClient:
         except BaseException:
             self._forget(tag, cancel=True)
             raise
-        if isinstance(first, BerthError) or first.end:
+        if isinstance(first, BerthError) or not first.HasField("response"):
             self._forget(tag, cancel=False)
             if isinstance(first, BerthError):
                 raise first
             raise _error(first) if first.code else Unavailable("exec: the shim ended it before the process started")
-        return convert.exec_state_from_proto(first.response.started), self._outputs(tag, queue)
+        return convert.exec_state_from_proto(first.response.started), self._outputs(tag, queue, first)
 
-    async def _outputs(self, tag: int, queue: asyncio.Queue[_Item]) -> AsyncIterator[Output]:
+    async def _outputs(self, tag: int, queue: asyncio.Queue[_Item], first: pb.ExecChannelResponse,
+                       ) -> AsyncIterator[Output]:
+        """The output from ``first`` (the start's message, which may carry output and the end
+        too) on, until the end."""
+        item: _Item = first
         ended = False
         consumed = 0
         try:
             while True:
-                item = await queue.get()
                 if isinstance(item, BerthError):
                     ended = True
                     raise item
+                if item.response.data:
+                    yield convert.exec_output_from_proto(item.response)
+                    consumed += len(item.response.data)
+                    if consumed >= WINDOW // 4:
+                        self._send(pb.ExecChannelRequest(tag=tag, credit=consumed))
+                        consumed = 0
                 if item.end:
                     ended = True
                     if item.code:
                         raise _error(item)
                     return
-                yield convert.exec_output_from_proto(item.response)
-                consumed += len(item.response.data)
-                if consumed >= WINDOW // 4:
-                    self._send(pb.ExecChannelRequest(tag=tag, credit=consumed))
-                    consumed = 0
+                item = await queue.get()
         finally:
             self._forget(tag, cancel=not ended)
 

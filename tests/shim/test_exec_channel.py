@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -13,10 +14,12 @@ import pytest
 
 from protos.errors import ContainerNotFound, StartFailed
 from protos.rpc import SERVER_OPTIONS, insecure_channel
+from protos.shim.v1 import shim_pb2 as pb
 from protos.shim.v1 import shim_pb2_grpc
+from shim import exec_channel
 from shim.api import ExecSpec, Output, ProcessSpec, Runtime
 from shim.client import RemoteRuntime
-from shim.exec_channel import WINDOW
+from shim.exec_channel import HOLD_S, WINDOW, ChannelRegistry
 from shim.linux import LinuxRuntime
 from shim.service import TasksServicer
 from tests.shim.conftest import Containers, collect
@@ -133,3 +136,53 @@ async def _eventually_unusable(channel: object) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the exec channel did not end")
+
+
+# The server's side alone, with execs whose timing the test sets (the real ones above).
+
+
+async def _fake_exec(steps: list[pb.ExecResponse | float]) -> AsyncGenerator[pb.ExecResponse, None]:
+    for step in steps:
+        if isinstance(step, float):
+            await asyncio.sleep(step)
+        else:
+            yield step
+
+
+async def _served(steps: list[pb.ExecResponse | float]) -> list[tuple[float, pb.ExecChannelResponse]]:
+    """The messages of one exec on a channel, with the time each was sent, until its end."""
+    requests: asyncio.Queue[pb.ExecChannelRequest] = asyncio.Queue()
+
+    async def incoming() -> AsyncIterator[pb.ExecChannelRequest]:
+        while True:
+            yield await requests.get()
+
+    began = time.monotonic()
+    requests.put_nowait(pb.ExecChannelRequest(tag=7, start=pb.ExecRequest(id="c")))
+    out = []
+    stream = ChannelRegistry().serve(incoming(), lambda _: _fake_exec(steps))
+    async for message in stream:
+        out.append((time.monotonic() - began, message))
+        if message.end:
+            break
+    await stream.aclose()  # type: ignore[attr-defined]
+    return out
+
+
+_STARTED = pb.ExecResponse(started=pb.ExecState(exec_id="e", pid=42))
+
+
+async def test_a_short_exec_is_one_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(exec_channel, "HOLD_S", 0.5)  # ample for a 10 ms exec on a busy machine
+    [(_, only)] = await _served([_STARTED, 0.01])
+    assert only.tag == 7 and only.end and only.code == 0 and only.response.started.pid == 42
+    [(_, first), (_, last)] = await _served([_STARTED, 0.01, pb.ExecResponse(stream=1, data=b"hi\n")])
+    assert first.response.started.pid == 42 and first.response.data == b"hi\n" and not first.end
+    assert last.end and not last.HasField("response")
+
+
+async def test_a_process_that_runs_on_is_reported_started_alone() -> None:
+    [(sent, first), (ended, last)] = await _served([_STARTED, 0.3])
+    assert first.response.started.pid == 42 and not first.end and not first.response.data
+    assert sent < HOLD_S + 0.1 < 0.3 <= ended
+    assert last.end and last.code == 0

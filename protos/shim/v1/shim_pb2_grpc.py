@@ -309,7 +309,9 @@ class TasksServicer:
         """ExecChannel carries many ExecOutput-style execs over one long-lived stream, which spares
         each exec the setup of a call of its own (about half of its gRPC cost). The client tags each
         exec; every response names its exec's tag, and an exec's last response has `end` (with the
-        error that ExecOutput's call would have failed with, if any). Output flows per exec within a
+        error that ExecOutput's call would have failed with, if any). Its first has `started`, which
+        the server holds a few ms to send with what follows (first output, or the end): a short exec
+        is one message. Output flows per exec within a
         window of EXEC_CHANNEL_WINDOW bytes that the client widens with `credit` as it consumes, so
         a slow reader of one exec never holds up the others. The server ends the stream when it
         stops (after the execs in flight); the client then opens a new one.
