@@ -83,6 +83,11 @@ READ_SIZE = 64 * 1024
 DRAIN_TIMEOUT = 2.0
 # Unacknowledged events kept for the next subscriber.
 MAX_EVENTS = 100_000
+# An attached exec's start event waits this long: one that ended by then (docker exec <c> true
+# takes ~1 ms) is recorded by its exit event alone, which carries all its start said: an event,
+# a Redis write and an ack less. Its client has had the start's answer already; a detached exec's
+# start waits for its record, so that one is never held.
+EXEC_START_HOLD_S = 0.005
 STDIN_HIGH = 4 << 20
 STDIN_LOW = 1 << 20
 OUTPUT_HIGH = 4 << 20
@@ -186,6 +191,7 @@ class ExecRun:
         self.error = ""
         self.start_seq = 0
         self.exit_seq = 0
+        self.start_event: asyncio.TimerHandle | None = None  # its start event, held (EXEC_START_HOLD_S)
 
     def state(self, container_id: str) -> ExecState:
         return ExecState(exec_id=self.exec_id, container_id=container_id, pid=self.pid, running=self.running,
@@ -1573,8 +1579,10 @@ class Supervisor:
         assert run is not None
         c = proc.container
         run.running = True
-        if run.events:
-            run.start_seq = self._emit(EventType.EXEC_START, c, exec=run.state(c.id))
+        if run.events and run.conn is not None:
+            run.start_event = self.loop.call_later(EXEC_START_HOLD_S, self._emit_exec_start, proc)
+        elif run.events:
+            self._emit_exec_start(proc)
         if run.conn is not None:
             reply = {"id": run.rid, "ok": True, "result": {"state": run.state(c.id), "seq": run.start_seq}}
             run.conn.send(json_frame(reply))
@@ -1585,10 +1593,19 @@ class Supervisor:
         if proc.stdin_fd >= 0 and (proc.stdin_buf or proc.stdin_eof):
             self._flush_stdin(proc)
 
+    def _emit_exec_start(self, proc: Process) -> None:
+        run = proc.exec
+        assert run is not None
+        run.start_event = None
+        run.start_seq = self._emit(EventType.EXEC_START, proc.container, exec=run.state(proc.container.id))
+
     def _finalize_exec(self, proc: Process) -> None:
         run = proc.exec
         assert run is not None
         c = proc.container
+        if run.start_event is not None:  # ended within the hold: its exit event says it all
+            run.start_event.cancel()
+            run.start_event = None
         if proc.stdin_fd >= 0:
             if proc.stdin_writing:
                 self.loop.remove_writer(proc.stdin_fd)

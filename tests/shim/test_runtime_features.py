@@ -86,6 +86,34 @@ class FeatureContract:
         assert exits(recorder, spec.exec_id) == [5]  # recorded before the output ended
         assert await log_text(runtime, id) == []  # an exec's output never goes to the container's log
 
+    async def test_exec_start_events(self, runtime: Runtime, containers: Containers, recorder: Recorder) -> None:
+        """An attached exec that ends within the supervisor's hold is recorded by its exit alone;
+        one that runs on gets its start recorded too; a detached one's start is recorded before
+        its start returns."""
+        id = await running(runtime, containers)
+
+        def kinds(exec_id: str) -> list[EventType]:
+            return [e.type for e in recorder.events if e.exec is not None and e.exec.exec_id == exec_id]
+
+        shorts = [xspec("true") for _ in range(5)]
+        for short in shorts:
+            await run_exec(runtime, id, short)
+        seen = [kinds(short.exec_id) for short in shorts]
+        # each ended, recorded once; and (most take ~1 ms of the 5 ms hold, even on a busy machine)
+        # some by their exit alone
+        assert all(k in ([EventType.EXEC_EXIT], [EventType.EXEC_START, EventType.EXEC_EXIT]) for k in seen), seen
+        assert [EventType.EXEC_EXIT] in seen, seen
+        long = xspec("sleep", "0.3")
+        state, outputs = await runtime.exec(id, long, inputs([]))
+        await eventually(lambda: kinds(long.exec_id) == [EventType.EXEC_START], within=5)
+        started = next(e.exec for e in recorder.events if e.exec is not None and e.exec.exec_id == long.exec_id)
+        assert started.running and started.pid == state.pid > 0
+        await asyncio.wait_for(collect(outputs), TIMEOUT)
+        assert kinds(long.exec_id) == [EventType.EXEC_START, EventType.EXEC_EXIT]
+        detached = xspec("sleep", "0.3", detach=True)
+        await runtime.exec(id, detached, inputs([]))
+        assert kinds(detached.exec_id) == [EventType.EXEC_START]
+
     async def test_exec_joins_every_namespace_and_the_cgroups(self, runtime: Runtime, containers: Containers) -> None:
         id = await running(runtime, containers)
         script = ("echo $$; for n in ipc mnt net pid uts; do readlink /proc/self/ns/$n; readlink /proc/1/ns/$n; done;"
