@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import common.grpc_env  # noqa: F401  # first: gRPC reads its settings when it loads
+
+# isort: split
+
 import asyncio
 import sys
 

@@ -13,6 +13,10 @@ start (exit 2), before the supervisor or anything else is touched.
 
 from __future__ import annotations
 
+import common.grpc_env  # noqa: F401  # first: gRPC reads its settings when it loads
+
+# isort: split
+
 import argparse
 import asyncio
 import contextlib

@@ -23,6 +23,10 @@ insecure), ``--registry-certs-dir`` (``<dir>/<host:port>/{*.crt, client.cert, cl
 
 from __future__ import annotations
 
+import common.grpc_env  # noqa: F401  # first: gRPC reads its settings when it loads
+
+# isort: split
+
 import argparse
 import asyncio
 import contextlib

@@ -7,6 +7,10 @@ sessions and other tools never collide.
 
 from __future__ import annotations
 
+import common.grpc_env  # noqa: F401  # first: the gRPC settings of Berth's processes, in the tests' own too
+
+# isort: split
+
 import secrets
 import shutil
 import subprocess
