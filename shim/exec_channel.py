@@ -155,19 +155,24 @@ class _ServerChannel:
     async def _relay(self, tag: int, request: pb.ExecRequest, window: _Window) -> None:
         end: pb.ExecChannelResponse | None = None
         held: pb.ExecResponse | None = None  # ``started``, to go with the exec's next message
-        following: asyncio.Future[pb.ExecResponse] | None = None
         try:
             async with contextlib.aclosing(self._run_exec(request)) as responses:
                 held = await anext(responses)
-                following = asyncio.ensure_future(anext(responses))
-                if not (await asyncio.wait((following,), timeout=HOLD_S))[0]:
-                    self._send(tag, held)  # a process that runs on: its start goes alone
-                    held = None
+                following: asyncio.Future[pb.ExecResponse] = asyncio.ensure_future(anext(responses))
                 response: pb.ExecResponse | None
                 try:
+                    if not (await asyncio.wait((following,), timeout=HOLD_S))[0]:
+                        self._send(tag, held)  # a process that runs on: its start goes alone
+                        held = None
                     response = await following
                 except StopAsyncIteration:
                     response = None
+                except BaseException:
+                    # cancelled meanwhile: the generator is closed only once nothing runs it
+                    following.cancel()
+                    with contextlib.suppress(BaseException):
+                        await following
+                    raise
                 while response is not None:
                     if held is not None:
                         response.started.CopyFrom(held.started)
@@ -185,8 +190,6 @@ class _ServerChannel:
             log.error("exec_channel_failed", error=repr(exc), exc_info=exc)
             end = _end(tag, Internal(f"internal error: {type(exc).__name__}: {exc}"))
         finally:
-            if following is not None and not following.done():
-                following.cancel()
             self._execs.pop(tag, None)
             if end is not None:
                 if held is not None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -186,3 +187,48 @@ async def test_a_process_that_runs_on_is_reported_started_alone() -> None:
     assert first.response.started.pid == 42 and not first.end and not first.response.data
     assert sent < HOLD_S + 0.1 < 0.3 <= ended
     assert last.end and last.code == 0
+
+
+async def test_an_exec_cancelled_while_its_start_is_held_is_closed_cleanly(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The client gives up on an exec before its start went out: the exec's stream is closed (its
+    process runs on, as after a cancelled ExecOutput call), no end is sent, and the channel goes on."""
+    monkeypatch.setattr(exec_channel, "HOLD_S", 0.5)
+    closed = asyncio.Event()
+
+    async def slow(_: pb.ExecRequest) -> AsyncGenerator[pb.ExecResponse, None]:
+        try:
+            yield _STARTED
+            await asyncio.sleep(30)
+            yield pb.ExecResponse(stream=1, data=b"never")
+        finally:
+            closed.set()
+
+    requests: asyncio.Queue[pb.ExecChannelRequest] = asyncio.Queue()
+
+    async def incoming() -> AsyncIterator[pb.ExecChannelRequest]:
+        while True:
+            yield await requests.get()
+
+    sent: asyncio.Queue[pb.ExecChannelResponse] = asyncio.Queue()
+
+    async def serve() -> None:
+        async for message in ChannelRegistry().serve(
+                incoming(), lambda r: slow(r) if r.id == "slow" else _fake_exec([_STARTED])):
+            sent.put_nowait(message)
+
+    server = asyncio.get_running_loop().create_task(serve())
+    try:
+        requests.put_nowait(pb.ExecChannelRequest(tag=1, start=pb.ExecRequest(id="slow")))
+        await asyncio.sleep(0.05)  # within the hold
+        requests.put_nowait(pb.ExecChannelRequest(tag=1, cancel=True))
+        await asyncio.wait_for(closed.wait(), 5)
+        requests.put_nowait(pb.ExecChannelRequest(tag=2, start=pb.ExecRequest(id="quick")))
+        message = await asyncio.wait_for(sent.get(), 5)
+        assert message.tag == 2 and message.end and message.response.started.pid == 42  # nothing of tag 1
+        assert sent.empty()
+    finally:
+        server.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await server
+    assert "exec_channel_failed" not in caplog.text
