@@ -19,7 +19,7 @@ from aiohttp import web
 from apiserver import API_VERSION, MIN_API_VERSION, SERVER_HEADER
 from apiserver.httputil import error_response
 from apiserver.metrics import Metrics
-from apiserver.routing import VERSION_PREFIX, VersionedRouter, new_application
+from apiserver.routing import add_versioned, new_application
 from protos.errors import BerthError, NotModified
 
 log = structlog.get_logger()
@@ -37,11 +37,7 @@ def _version_tuple(v: str) -> tuple[int, ...]:
 
 def add_route(app: web.Application, method: str, path: str, handler: Handler) -> None:
     """Register ``path`` and ``/v{version}path`` for ``method``."""
-    if isinstance(app.router, VersionedRouter):
-        app.router.add_versioned(method, path, handler)
-    else:  # an aiohttp that takes no router of ours (see apiserver.routing)
-        app.router.add_route(method, path, handler)
-        app.router.add_route(method, VERSION_PREFIX + path, handler)
+    add_versioned(app.router, method, path, handler)
 
 
 _PREPARED: web.RequestKey[bool] = web.RequestKey("berth.prepared", bool)

@@ -33,10 +33,7 @@ class VersionedRouter(web.UrlDispatcher):
         super().__init__()
         self._twins: dict[AbstractResource, AbstractResource] = {}  # plain resource → versioned
 
-    def add_versioned(self, method: str, path: str, handler: Handler) -> None:
-        """Register ``path`` and ``/v{version}path`` for ``method``."""
-        plain = self.add_route(method, path, handler).resource
-        versioned = self.add_route(method, VERSION_PREFIX + path, handler).resource
+    def pair(self, plain: AbstractResource | None, versioned: AbstractResource | None) -> None:
         if plain is not None and versioned is not None:
             self._twins[plain] = versioned
 
@@ -57,6 +54,14 @@ class VersionedRouter(web.UrlDispatcher):
                     break
                 part = part.rpartition("/")[0] or "/"
         return await super().resolve(request)
+
+
+def add_versioned(router: web.UrlDispatcher, method: str, path: str, handler: Handler) -> None:
+    """Register ``path`` and ``/v{version}path`` for ``method`` (paired for a VersionedRouter)."""
+    plain = router.add_route(method, path, handler).resource
+    versioned = router.add_route(method, VERSION_PREFIX + path, handler).resource
+    if isinstance(router, VersionedRouter):
+        router.pair(plain, versioned)
 
 
 def new_application(**kwargs: Any) -> web.Application:

@@ -40,7 +40,8 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 SERVER_OPTIONS: list[tuple[str, Any]] = [*CHANNEL_OPTIONS, ("grpc.http2.min_ping_interval_without_data_ms", 10_000)]
 
 
-def _classify(exc: BaseException) -> BerthError:
+def classify(exc: BaseException) -> BerthError:
+    """The domain error to send for ``exc``: itself, or Internal (logged) for anything else."""
     if isinstance(exc, BerthError):
         return exc
     log.error("rpc_internal_error", error=repr(exc), exc_info=exc)
@@ -62,7 +63,7 @@ def _wrap_unary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[An
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # mapped, not swallowed: the peer gets the class back
-            await _abort(context, _classify(exc))
+            await _abort(context, classify(exc))
 
     return wrapper
 
@@ -78,7 +79,7 @@ def _wrap_stream(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIt
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await _abort(context, _classify(exc))
+            await _abort(context, classify(exc))
 
     return wrapper
 

@@ -20,15 +20,12 @@ import itertools
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import grpc
-import structlog
 
 from protos.errors import ERROR_CLASS_KEY, BerthError, Internal, Unavailable, from_grpc
-from protos.rpc import rpc_errors
+from protos.rpc import classify, rpc_errors
 from protos.shim.v1 import shim_pb2 as pb
 from shim import convert
 from shim.api import ExecSpec, ExecState, Output
-
-log = structlog.get_logger()
 
 # Output bytes of one exec in flight before the client's credit: what the shim's ExecOutput
 # buffers per call at most, too (gRPC's per-stream window is 64 KiB to a few MiB).
@@ -184,11 +181,8 @@ class _ServerChannel:
             end = _end(tag)
         except asyncio.CancelledError:
             pass  # the client cancelled it, or the stream is ending: nobody reads an end
-        except BerthError as exc:
-            end = _end(tag, exc)
-        except Exception as exc:
-            log.error("exec_channel_failed", error=repr(exc), exc_info=exc)
-            end = _end(tag, Internal(f"internal error: {type(exc).__name__}: {exc}"))
+        except Exception as exc:  # the error ExecOutput's call would have failed with
+            end = _end(tag, classify(exc))
         finally:
             self._execs.pop(tag, None)
             if end is not None:

@@ -28,7 +28,7 @@ import stat
 import struct
 import termios
 from dataclasses import dataclass
-from typing import NoReturn, Protocol
+from typing import NoReturn
 
 from common import linux
 from common.mounts import Mount, mount_all
@@ -431,44 +431,11 @@ def _exec(plan: ChildPlan, slave: int) -> NoReturn:
     exec_process(plan, slave)
 
 
-class ProcessPlan(Protocol):
-    """What :func:`exec_process` needs: a container's first process or an exec."""
-
-    @property
-    def user(self) -> str: ...
-    @property
-    def args(self) -> tuple[str, ...]: ...
-    @property
-    def env(self) -> tuple[str, ...]: ...
-    @property
-    def cwd(self) -> str: ...
-    @property
-    def terminal(self) -> bool: ...
-    @property
-    def stdin_fd(self) -> int: ...
-    @property
-    def stdout_fd(self) -> int: ...
-    @property
-    def stderr_fd(self) -> int: ...
-    @property
-    def err_fd(self) -> int: ...
-    @property
-    def drop_caps(self) -> tuple[int, ...]: ...
-    @property
-    def nofile(self) -> tuple[int, int]: ...
-    @property
-    def rlimits(self) -> tuple[tuple[int, int, int], ...]: ...
-    @property
-    def group_add(self) -> tuple[str, ...]: ...
-    @property
-    def no_new_privileges(self) -> bool: ...
-    @property
-    def seccomp(self) -> bytes: ...
-
-
-def exec_process(plan: ProcessPlan, slave: int) -> NoReturn:
+def exec_process(plan: ChildPlan, slave: int) -> NoReturn:
     """From a prepared root (and namespaces) to ``execve``: user, groups, stdio, rlimits,
-    capabilities, no_new_privs and seccomp, in runc's order."""
+    capabilities, no_new_privs and seccomp, in runc's order. An exec's helper
+    (shim/native/berth-exec.c) does the same in C; test_exec_is_set_up_as_the_first_process_is
+    holds the two together."""
     passwd, group = _read_db("/etc/passwd"), _read_db("/etc/group")
     uid, gid, groups, home = resolve_user(plan.user, passwd, group)
     # containerd lists the primary group among the supplementary ones (its CVE-2023-25173 fix)

@@ -11,8 +11,8 @@ there, with its exit status. The helper joins the container's cgroups and other 
 like the container's first process (:func:`shim.supervisor.child.exec_process`): any failure
 is written to ``err_fd`` in Docker's words.
 
-The plan goes over in a sealed memfd, encoded by :func:`encode`; the helper decodes it in the
-same order.
+The plan goes over in a memfd (written whole before the spawn), encoded by :func:`encode`;
+the helper decodes it in the same order.
 """
 
 from __future__ import annotations

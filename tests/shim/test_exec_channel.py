@@ -231,4 +231,4 @@ async def test_an_exec_cancelled_while_its_start_is_held_is_closed_cleanly(
         server.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await server
-    assert "exec_channel_failed" not in caplog.text
+    assert "rpc_internal_error" not in caplog.text  # how an unexpected failure is logged

@@ -312,7 +312,7 @@ class TasksServicer:
         error that ExecOutput's call would have failed with, if any). Its first has `started`, which
         the server holds a few ms to send with what follows (first output, or the end): a short exec
         is one message. Output flows per exec within a
-        window of EXEC_CHANNEL_WINDOW bytes that the client widens with `credit` as it consumes, so
+        window of bytes (1 MiB, shim/exec_channel.py) that the client widens with `credit` as it consumes, so
         a slow reader of one exec never holds up the others. The server ends the stream when it
         stops (after the execs in flight); the client then opens a new one.
         """
