@@ -4,7 +4,7 @@ redis-py's per-command machinery.
 redis-py 8's asyncio client spends ~105 us of CPU on a one-key call here (connection pool
 checkout and release, timeouts, telemetry hooks, the command's response callbacks); the same
 call written to a kept connection and read with hiredis' parser costs ~27 us. A ``docker exec``
-makes seven such calls across the API server and the shim, on the path the user waits on, so
+makes six such calls across the API server and the shim, on the path the user waits on, so
 the few scripts that run there go through :func:`fast_script`; everything else keeps redis-py.
 
 Same connection settings as the redis-py client it is made from (unix socket or TCP, password,

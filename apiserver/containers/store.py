@@ -138,40 +138,55 @@ end
 return 0
 """
 
-# A reference (ARGV[1]) to one container, in one call, as ``resolve`` orders the lookups: a full
-# id, then a name (in the hash KEYS[1]; leading slashes dropped), then a unique prefix of ids (the
-# lex set KEYS[2], up to ARGV[2]). ARGV[3] is the container key without the id. Returns
-# {"ok", id, <HGETALL as a flat list>, <the execs' set if ARGV[4] is "1">}, {"multiple"},
-# {"gone", id} (a name whose record is gone) or {"missing"}.
-_RESOLVE = """
-local ref, prefix = ARGV[1], ARGV[3]
-local id = false
-if #ref == 64 and redis.call('HEXISTS', prefix .. ref, 'config') == 1 then
-  id = ref
-end
-if not id then
-  id = redis.call('HGET', KEYS[1], (string.gsub(ref, '^/+', '')))
-end
-if not id and string.match(ref, '^[0-9a-f]+$') then
-  local ids = redis.call('ZRANGEBYLEX', KEYS[2], '[' .. ref, '[' .. ARGV[2], 'LIMIT', 0, 2)
-  if #ids > 1 then
-    return {'multiple'}
+# Lua: the container a reference names, as ``resolve`` orders the lookups: a full id, then a
+# name (in the hash ``names``; leading slashes dropped), then a unique prefix of ids (the lex set
+# ``lex``, up to ``upper``). ``prefix`` is the container key without the id. Returns the id, or
+# false and "multiple" or "missing".
+RESOLVE_LUA = """
+local function find_container(ref, upper, prefix, names, lex)
+  if #ref == 64 and redis.call('HEXISTS', prefix .. ref, 'config') == 1 then
+    return ref
   end
-  id = ids[1] or false
+  local id = redis.call('HGET', names, (string.gsub(ref, '^/+', '')))
+  if not id and string.match(ref, '^[0-9a-f]+$') then
+    local ids = redis.call('ZRANGEBYLEX', lex, '[' .. ref, '[' .. upper, 'LIMIT', 0, 2)
+    if #ids > 1 then
+      return false, 'multiple'
+    end
+    id = ids[1]
+  end
+  if not id then
+    return false, 'missing'
+  end
+  return id
 end
-if not id then
-  return {'missing'}
+-- find_container's outcome for the reply: {"ok", id, <HGETALL as a flat list>}, {"multiple"},
+-- {"gone", id} (a name whose record is gone) or {"missing"}.
+local function resolved_reply(id, why, prefix)
+  if not id then
+    return {why}
+  end
+  local fields = redis.call('HGETALL', prefix .. id)
+  if #fields == 0 then
+    return {'gone', id}
+  end
+  return {'ok', id, fields}
 end
-local fields = redis.call('HGETALL', prefix .. id)
-if #fields == 0 then
-  return {'gone', id}
-end
-local out = {'ok', id, fields}
-if ARGV[4] == '1' then
-  out[4] = redis.call('SMEMBERS', prefix .. id .. ':execs')
+"""
+
+# A reference (ARGV[1]) to one container, in one call (RESOLVE_LUA with KEYS[1] the names, KEYS[2]
+# the lex set, ARGV[2] the prefix's upper bound, ARGV[3] the key prefix), and the execs' set
+# as a fourth item if ARGV[4] is "1".
+_RESOLVE = RESOLVE_LUA + """
+local id, why = find_container(ARGV[1], ARGV[2], ARGV[3], KEYS[1], KEYS[2])
+local out = resolved_reply(id, why, ARGV[3])
+if out[1] == 'ok' and ARGV[4] == '1' then
+  out[4] = redis.call('SMEMBERS', ARGV[3] .. id .. ':execs')
 end
 return out
 """
+
+_RECENT = 64  # references whose records resolve() keeps as guesses (see recent())
 
 
 class ContainerStore:
@@ -182,6 +197,8 @@ class ContainerStore:
         self._fetch = redis.register_script(_FETCH)
         self._resolve = fast_script(redis, _RESOLVE)  # on every container route: the cheap way
         self._cache: dict[bytes, CachedRecord] = {}  # id → the record the last list read
+        # ref → (id, v stamp, raw hash) of its last resolve, oldest first (see recent())
+        self._recent: dict[str, tuple[str, bytes, dict[bytes, bytes]]] = {}
         # The last list, by ``net``, with the containers' generation read before it was made.
         self._memo: dict[bool, tuple[bytes | str, list[CachedRecord]]] = {}
 
@@ -271,10 +288,20 @@ class ContainerStore:
 
     async def resolve_with_execs(self, ref: str, *, execs: bool = True) -> tuple[ContainerRecord, list[str]]:
         """:meth:`resolve`, and (``execs``) the ids of the container's execs, in one round trip."""
+        keys, args = self.resolve_keys_args(ref)
+        reply = await self._resolve(keys=keys, args=[*args, "1" if execs else ""])
+        record = self.parse_resolved(ref, reply)
+        return record, sorted(text(i) for i in reply[3]) if execs else []
+
+    def resolve_keys_args(self, ref: str) -> tuple[list[str], list[str | bytes]]:
+        """KEYS and the first three ARGV of a script built on RESOLVE_LUA, for ``ref``."""
         if not ref:
             raise ContainerNotFound("No such container: ")
-        reply = await self._resolve(keys=[self._keys.names, self._keys.containers_lex],
-                                    args=[ref, ref.encode() + b"\xff", self._keys.container(""), "1" if execs else ""])
+        return [self._keys.names, self._keys.containers_lex], [ref, ref.encode() + b"\xff", self._keys.container("")]
+
+    def parse_resolved(self, ref: str, reply: Any) -> ContainerRecord:
+        """The record of a ``resolved_reply`` (RESOLVE_LUA), or the error it means. A record
+        with a ``v`` stamp is kept as :meth:`recent`'s guess for ``ref``."""
         outcome = reply[0]
         if outcome == b"multiple":
             raise InvalidArgument(f"multiple IDs found with provided prefix: {ref}")
@@ -283,10 +310,28 @@ class ContainerStore:
         if outcome != b"ok":
             raise ContainerNotFound(f"No such container: {ref}")
         id, flat = text(reply[1]), reply[2]
-        record = _decode(id, dict(zip(flat[::2], flat[1::2], strict=True)))
+        raw = dict(zip(flat[::2], flat[1::2], strict=True))
+        record = _decode(id, raw)
         if record is None:  # a hash without its config: being written or removed
             raise ContainerNotFound(f"No such container: {ref}")
-        return record, sorted(text(i) for i in reply[3]) if execs else []
+        stamp = raw.get(b"v")
+        if stamp:
+            self._recent.pop(ref, None)
+            self._recent[ref] = (id, stamp, raw)
+            if len(self._recent) > _RECENT:
+                del self._recent[next(iter(self._recent))]
+        return record
+
+    def recent(self, ref: str) -> tuple[ContainerRecord, bytes] | None:
+        """The record ``ref`` named when this server last resolved it, and its ``v`` stamp: a
+        guess, for a script that acts only if the reference still names that container with
+        that stamp (any write to the record changes it), as the exec create does."""
+        entry = self._recent.get(ref)
+        if entry is None:
+            return None
+        id, stamp, raw = entry
+        record = _decode(id, raw)
+        return (record, stamp) if record is not None else None
 
     async def all(self) -> list[ContainerRecord]:
         """Every container, newest first."""

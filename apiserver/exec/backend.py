@@ -4,9 +4,11 @@ container's node, which writes the record's ``state`` (running, pid, exit code) 
 ``exec_die`` event; ``exec_create`` and ``exec_start`` come from here, as dockerd emits them.
 
 An exec costs few Redis round trips, each one script: the record and its event are written
-together; at its start the record is read together with its container's and node's, and the
-start claimed if the container runs, in one call; ``exec_start`` is appended while the shim is
-asked.
+together, usually in the same call that looks the container up (the exec is made from the record
+this server read last under that reference, and written only if the container's ``v`` stamp says
+it is unchanged: ``docker exec`` inspects the container just before); at its start the record is
+read together with its container's and node's, and the start claimed if the container runs, in
+one call; ``exec_start`` is appended while the shim is asked.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from apiserver.containers import create as create_mod
-from apiserver.containers.store import ContainerRecord, ContainerStore
+from apiserver.containers.store import RESOLVE_LUA, ContainerRecord, ContainerStore
 from apiserver.fastjson import dumps, loads
 from apiserver.hijack import parse_detach_keys
 from apiserver.nodes import NodeDirectory
@@ -43,6 +45,22 @@ redis.call('HSET', KEYS[1], 'config', ARGV[1], 'cid', ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'e', ARGV[4])
 return 1
+"""
+
+# The same for the container a reference names (RESOLVE_LUA: KEYS[1], KEYS[2], ARGV[1..3]), if
+# it is still the container ARGV[4] with the ``v`` stamp ARGV[5] that the exec's config and event
+# were made from: the record KEYS[4] (config ARGV[6]), the container's set KEYS[5] (ARGV[7]) and
+# the event ARGV[8] in the stream KEYS[3] (near ARGV[9] entries); returns {"created"}. Else
+# nothing is written and the reply is RESOLVE_LUA's, to make them anew.
+_CREATE_RESOLVED = RESOLVE_LUA + """
+local id, why = find_container(ARGV[1], ARGV[2], ARGV[3], KEYS[1], KEYS[2])
+if id and id == ARGV[4] and redis.call('HGET', ARGV[3] .. id, 'v') == ARGV[5] then
+  redis.call('HSET', KEYS[4], 'config', ARGV[6], 'cid', id)
+  redis.call('SADD', KEYS[5], ARGV[7])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', 'e', ARGV[8])
+  return {'created'}
+end
+return resolved_reply(id, why, ARGV[3])
 """
 
 # An exec record (KEYS[1]) and its container's: the exec's config, state ("" when absent),
@@ -135,6 +153,34 @@ def _runnable(status: str, id: str, name: str) -> None:
         raise ContainerNotRunning(f"container {id} is not running")
 
 
+def _valid_keys(keys: str) -> bool:
+    try:
+        parse_detach_keys(keys)
+    except InvalidArgument:
+        return False
+    return True
+
+
+def _new_exec(record: ContainerRecord, cmd: list[Any], body: dict[str, Any], keys: str) -> tuple[str, bytes, bytes]:
+    """A new exec of ``record``'s container: its id, and its config and ``exec_create`` event as JSON."""
+    config = record.config["Config"]
+    tty = bool(body.get("Tty"))
+    env = _replace_or_append(create_mod.runtime_env({**config, "Tty": tty}), [str(e) for e in body.get("Env") or ()])
+    exec_id = secrets.token_hex(32)
+    exec_config: dict[str, Any] = {
+        "ID": exec_id, "ContainerID": record.id, "Entrypoint": str(cmd[0]), "Args": [str(a) for a in cmd[1:]],
+        "Tty": tty, "Privileged": bool(body.get("Privileged")),
+        "User": body.get("User") or config.get("User") or "",
+        "WorkingDir": body.get("WorkingDir") or config.get("WorkingDir") or "", "Env": env,
+        "OpenStdin": bool(body.get("AttachStdin")), "OpenStdout": bool(body.get("AttachStdout")),
+        "OpenStderr": bool(body.get("AttachStderr")), "DetachKeys": keys,
+        "ConsoleSize": body.get("ConsoleSize") or None,
+    }
+    command = " ".join([exec_config["Entrypoint"], *exec_config["Args"]])
+    event = event_message("container", f"exec_create: {command}", record.id, _attributes(record, execID=exec_id))
+    return exec_id, dumps(exec_config), dumps(event)
+
+
 class ExecBackend:
     def __init__(self, *, redis: aioredis.Redis, keys: Keys, containers: ContainerStore, nodes: NodeDirectory) -> None:
         self._redis = redis
@@ -143,6 +189,7 @@ class ExecBackend:
         self._nodes = nodes
         # Every docker exec runs these: the cheap way (common/fastredis.py).
         self._create_script = fast_script(redis, _CREATE)
+        self._create_resolved = fast_script(redis, _CREATE_RESOLVED)
         self._read_script = fast_script(redis, _READ)
         self._append_event = fast_script(redis, _APPEND_EVENT)
 
@@ -154,36 +201,33 @@ class ExecBackend:
             cmd = [cmd]
         if not cmd:
             raise InvalidArgument("No exec command specified")
-        record = await self._containers.resolve(ref)
+        keys = str(body.get("DetachKeys") or "")
+        # The container this server last saw under ``ref``, if it ran: the exec is made from it
+        # and written in the same call that checks it is still that one, unchanged (docker exec
+        # inspects the container first, so usually it is). Else, or if it changed, two calls.
+        guess = self._containers.recent(ref) if not body.get("User") and _valid_keys(keys) else None
+        if guess is not None and guess[0].status == "running":
+            record, stamp = guess
+            exec_id, config_json, event_json = _new_exec(record, cmd, body, keys)
+            resolve_keys, resolve_args = self._containers.resolve_keys_args(ref)
+            reply = await self._create_resolved(
+                keys=[*resolve_keys, self._keys.events, self._keys.exec(exec_id),
+                      self._keys.container_execs(record.id)],
+                args=[*resolve_args, record.id, stamp, config_json, exec_id, event_json, EVENTS_MAXLEN])
+            if reply[0] == b"created":
+                return exec_id
+            record = self._containers.parse_resolved(ref, reply)
+        else:
+            record = await self._containers.resolve(ref)
         _runnable(record.status, record.id, ref)
         if body.get("User"):  # looked up before the exec exists, as dockerd does
             await (await self._runtime(record)).check_user(record.id, str(body["User"]))
-        keys = str(body.get("DetachKeys") or "")
-        if keys:
-            try:
-                parse_detach_keys(keys)
-            except InvalidArgument:
-                raise InvalidArgument(f"Invalid escape keys ({keys}) provided") from None
-        config = record.config["Config"]
-        tty = bool(body.get("Tty"))
-        env = _replace_or_append(create_mod.runtime_env({**config, "Tty": tty}),
-                                 [str(e) for e in body.get("Env") or ()])
-        exec_id = secrets.token_hex(32)
-        exec_config: dict[str, Any] = {
-            "ID": exec_id, "ContainerID": record.id, "Entrypoint": str(cmd[0]), "Args": [str(a) for a in cmd[1:]],
-            "Tty": tty, "Privileged": bool(body.get("Privileged")),
-            "User": body.get("User") or config.get("User") or "",
-            "WorkingDir": body.get("WorkingDir") or config.get("WorkingDir") or "", "Env": env,
-            "OpenStdin": bool(body.get("AttachStdin")), "OpenStdout": bool(body.get("AttachStdout")),
-            "OpenStderr": bool(body.get("AttachStderr")), "DetachKeys": keys,
-            "ConsoleSize": body.get("ConsoleSize") or None,
-        }
-        command = " ".join([exec_config["Entrypoint"], *exec_config["Args"]])
-        event = event_message("container", f"exec_create: {command}", record.id,
-                              _attributes(record, execID=exec_id))
+        if not _valid_keys(keys):
+            raise InvalidArgument(f"Invalid escape keys ({keys}) provided")
+        exec_id, config_json, event_json = _new_exec(record, cmd, body, keys)
         await self._create_script(
             keys=[self._keys.exec(exec_id), self._keys.container_execs(record.id), self._keys.events],
-            args=[dumps(exec_config), record.id, exec_id, dumps(event), EVENTS_MAXLEN])
+            args=[config_json, record.id, exec_id, event_json, EVENTS_MAXLEN])
         return exec_id
 
     async def _read(self, exec_id: str, *, container: bool, claim: bool = False) -> ExecRecord:
