@@ -22,8 +22,9 @@ import structlog
 from apiserver.containers import create as create_mod
 from apiserver.containers import prune as prune_mod
 from apiserver.containers import runtime_options, views
+from apiserver.containers.inspect_body import InspectBodies
 from apiserver.containers.names import generate_name
-from apiserver.containers.store import CachedRecord, ContainerRecord, ContainerStore
+from apiserver.containers.store import CachedRecord, ContainerRecord, ContainerStore, decode_resolved
 from apiserver.events import Event, EventBus, until_read
 from apiserver.httputil import Filters, dumps
 from apiserver.images.replicate import ImageReplicator
@@ -76,6 +77,7 @@ class ContainerBackend:
         self._replicator = ImageReplicator(images, nodes)
         self._bus = bus
         self._networks = networks
+        self._inspect_bodies = InspectBodies()
 
     # -- helpers -----------------------------------------------------------------------------------
     async def _host(self, record: ContainerRecord) -> HostServices:
@@ -236,6 +238,14 @@ class ContainerBackend:
         if size:
             size_rw, size_root = await self._sizes(record)
         return views.inspect_view(record, size_rw=size_rw, size_rootfs=size_root, exec_ids=exec_ids)
+
+    async def inspect_json(self, ref: str, *, size: bool = False) -> bytes:
+        """:meth:`inspect` as the response body; an unchanged record's is not built again
+        (:mod:`apiserver.containers.inspect_body`)."""
+        if size:
+            return dumps(await self.inspect(ref, size=True)) + b"\n"
+        id, raw, exec_ids = await self.store.resolve_raw(ref)
+        return self._inspect_bodies.body(id, raw, exec_ids, lambda i, r: decode_resolved(ref, i, r))
 
     async def _sizes(self, record: ContainerRecord) -> tuple[int, int]:
         host = await self._host(record)

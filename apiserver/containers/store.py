@@ -54,6 +54,14 @@ class ContainerRecord:
 _RUNNING = ("running", "paused", "restarting")
 
 
+def decode_resolved(ref: str, id: str, raw: dict[bytes, bytes]) -> ContainerRecord:
+    """The record of a resolve of ``ref``; a hash without its config is being written or removed."""
+    record = _decode(id, raw)
+    if record is None:
+        raise ContainerNotFound(f"No such container: {ref}")
+    return record
+
+
 def _decode(id: str, raw: Any) -> ContainerRecord | None:
     if b"config" not in raw:
         return None
@@ -288,10 +296,15 @@ class ContainerStore:
 
     async def resolve_with_execs(self, ref: str, *, execs: bool = True) -> tuple[ContainerRecord, list[str]]:
         """:meth:`resolve`, and (``execs``) the ids of the container's execs, in one round trip."""
+        id, raw, exec_ids = await self.resolve_raw(ref, execs=execs)
+        return decode_resolved(ref, id, raw), exec_ids
+
+    async def resolve_raw(self, ref: str, *, execs: bool = True) -> tuple[str, dict[bytes, bytes], list[str]]:
+        """:meth:`resolve_with_execs` with the record as Redis holds it (field → value), not decoded."""
         keys, args = self.resolve_keys_args(ref)
         reply = await self._resolve(keys=keys, args=[*args, "1" if execs else ""])
-        record = self.parse_resolved(ref, reply)
-        return record, sorted(text(i) for i in reply[3]) if execs else []
+        id, raw = self._parse(ref, reply)
+        return id, raw, sorted(text(i) for i in reply[3]) if execs else []
 
     def resolve_keys_args(self, ref: str) -> tuple[list[str], list[str | bytes]]:
         """KEYS and the first three ARGV of a script built on RESOLVE_LUA, for ``ref``."""
@@ -300,8 +313,12 @@ class ContainerStore:
         return [self._keys.names, self._keys.containers_lex], [ref, ref.encode() + b"\xff", self._keys.container("")]
 
     def parse_resolved(self, ref: str, reply: Any) -> ContainerRecord:
-        """The record of a ``resolved_reply`` (RESOLVE_LUA), or the error it means. A record
-        with a ``v`` stamp is kept as :meth:`recent`'s guess for ``ref``."""
+        """The record of a ``resolved_reply`` (RESOLVE_LUA), or the error it means."""
+        return decode_resolved(ref, *self._parse(ref, reply))
+
+    def _parse(self, ref: str, reply: Any) -> tuple[str, dict[bytes, bytes]]:
+        """A ``resolved_reply``'s id and fields. A record with a ``v`` stamp is kept as
+        :meth:`recent`'s guess for ``ref``."""
         outcome = reply[0]
         if outcome == b"multiple":
             raise InvalidArgument(f"multiple IDs found with provided prefix: {ref}")
@@ -311,16 +328,13 @@ class ContainerStore:
             raise ContainerNotFound(f"No such container: {ref}")
         id, flat = text(reply[1]), reply[2]
         raw = dict(zip(flat[::2], flat[1::2], strict=True))
-        record = _decode(id, raw)
-        if record is None:  # a hash without its config: being written or removed
-            raise ContainerNotFound(f"No such container: {ref}")
         stamp = raw.get(b"v")
-        if stamp:
+        if stamp and b"config" in raw:
             self._recent.pop(ref, None)
             self._recent[ref] = (id, stamp, raw)
             if len(self._recent) > _RECENT:
                 del self._recent[next(iter(self._recent))]
-        return record
+        return id, raw
 
     def recent(self, ref: str) -> tuple[ContainerRecord, bytes] | None:
         """The record ``ref`` named when this server last resolved it, and its ``v`` stamp: a

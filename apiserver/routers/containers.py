@@ -68,7 +68,8 @@ async def get_containers_json(request: web.Request) -> web.StreamResponse:
 
 
 async def get_container_json(request: web.Request) -> web.StreamResponse:
-    return json_response(await _backend(request).inspect(request.match_info["id"], size=bool_value(request, "size")))
+    return json_body_response(await _backend(request).inspect_json(request.match_info["id"],
+                                                                   size=bool_value(request, "size")))
 
 
 async def post_container_start(request: web.Request) -> web.StreamResponse:
