@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from common.bounded import remember
 from protos.errors import BerthError, BlobNotFound, DigestMismatch, FailedPrecondition, InvalidArgument, Unavailable
 from snapshotter.api import BlobInfo, ContentStore
 from snapshotter.streams import CHUNK, open_file, run_blocking, uncancellable
@@ -363,9 +364,7 @@ class LocalContentStore:
     def _remember_labels(self, digest: str, labels: dict[str, str], deletions: int) -> None:
         if deletions != self._deletions:
             return
-        if len(self._label_cache) >= LABEL_CACHE_ENTRIES:
-            self._label_cache.pop(next(iter(self._label_cache)))  # the oldest
-        self._label_cache[digest] = dict(labels)
+        remember(self._label_cache, digest, dict(labels), LABEL_CACHE_ENTRIES)
 
     async def list(self) -> AsyncIterator[BlobInfo]:
         def scan() -> list[BlobInfo]:

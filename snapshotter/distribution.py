@@ -56,6 +56,7 @@ from typing import Any, Generic, TypeVar
 import aiohttp
 import structlog
 
+from common.bounded import remember
 from protos.errors import (
     BerthError,
     BlobNotFound,
@@ -371,9 +372,7 @@ class Distribution:
         size = self._sizes.get(top)
         if size is None:
             size = await self._unpacker.size(chains)
-            if len(self._sizes) >= SIZE_CACHE_ENTRIES:
-                self._sizes.pop(next(iter(self._sizes)))
-            self._sizes[top] = size
+            remember(self._sizes, top, size, SIZE_CACHE_ENTRIES)
         return size
 
     async def _resolve(self, client: RegistryClient, ref: Reference, creds: Credentials,

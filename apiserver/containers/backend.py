@@ -24,7 +24,7 @@ from apiserver.containers import prune as prune_mod
 from apiserver.containers import runtime_options, views
 from apiserver.containers.inspect_body import InspectBodies
 from apiserver.containers.names import generate_name
-from apiserver.containers.store import CachedRecord, ContainerRecord, ContainerStore, decode_resolved
+from apiserver.containers.store import CachedRecord, ContainerRecord, ContainerStore
 from apiserver.events import Event, EventBus, until_read
 from apiserver.httputil import Filters, dumps
 from apiserver.images.replicate import ImageReplicator
@@ -245,7 +245,7 @@ class ContainerBackend:
         if size:
             return dumps(await self.inspect(ref, size=True)) + b"\n"
         id, raw, exec_ids = await self.store.resolve_raw(ref)
-        return self._inspect_bodies.body(id, raw, exec_ids, lambda i, r: decode_resolved(ref, i, r))
+        return self._inspect_bodies.body(ref, id, raw, exec_ids)
 
     async def _sizes(self, record: ContainerRecord) -> tuple[int, int]:
         host = await self._host(record)

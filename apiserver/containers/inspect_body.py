@@ -10,12 +10,12 @@ stamp); the exec ids, which change with every exec, are put in between its two h
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from apiserver.containers import views
-from apiserver.containers.store import ContainerRecord
+from apiserver.containers.store import decode_resolved
 from apiserver.fastjson import dumps
+from common.bounded import remember
 
 _KEPT = 256  # containers whose body is kept
 _SPLIT_AT = "ExecIDs"
@@ -37,20 +37,16 @@ class InspectBodies:
         # id → ((v, net), head, tail), oldest first
         self._bodies: dict[str, tuple[tuple[bytes, bytes | None], bytes, bytes]] = {}
 
-    def body(self, id: str, raw: dict[bytes, bytes], exec_ids: list[str],
-             decode: Callable[[str, dict[bytes, bytes]], ContainerRecord]) -> bytes:
-        """The response body for the record ``raw`` (its fields as Redis holds them) with
-        ``exec_ids``; ``decode(id, raw)`` gives the :class:`ContainerRecord` when it is built."""
+    def body(self, ref: str, id: str, raw: dict[bytes, bytes], exec_ids: list[str]) -> bytes:
+        """The response body for the record ``raw`` (its fields as Redis holds them, as a
+        resolve of ``ref`` read them) with ``exec_ids``."""
         stamp = raw.get(b"v")
         version = (stamp or b"", raw.get(b"net"))
         kept = self._bodies.get(id)
         if kept is not None and stamp and kept[0] == version:
             _, head, tail = kept
         else:
-            head, tail = split_body(views.inspect_view(decode(id, raw)))
+            head, tail = split_body(views.inspect_view(decode_resolved(ref, id, raw)))
             if stamp:
-                self._bodies.pop(id, None)
-                self._bodies[id] = (version, head, tail)
-                if len(self._bodies) > _KEPT:
-                    del self._bodies[next(iter(self._bodies))]
+                remember(self._bodies, id, (version, head, tail), _KEPT)
         return head + dumps(exec_ids or None) + tail + b"\n"

@@ -20,6 +20,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from apiserver.fastjson import dumps, loads
+from common.bounded import remember
 from common.fastredis import fast_script
 from common.keys import Keys, text, version_stamp
 from protos.errors import ContainerNotFound, InvalidArgument, NameConflict
@@ -330,10 +331,7 @@ class ContainerStore:
         raw = dict(zip(flat[::2], flat[1::2], strict=True))
         stamp = raw.get(b"v")
         if stamp and b"config" in raw:
-            self._recent.pop(ref, None)
-            self._recent[ref] = (id, stamp, raw)
-            if len(self._recent) > _RECENT:
-                del self._recent[next(iter(self._recent))]
+            remember(self._recent, ref, (id, stamp, raw), _RECENT)
         return id, raw
 
     def recent(self, ref: str) -> tuple[ContainerRecord, bytes] | None:

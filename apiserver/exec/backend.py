@@ -202,11 +202,12 @@ class ExecBackend:
         if not cmd:
             raise InvalidArgument("No exec command specified")
         keys = str(body.get("DetachKeys") or "")
+        keys_valid = _valid_keys(keys)
         # The container this server last saw under ``ref``, if it ran: the exec is made from it
         # and written in the same call that checks it is still that one, unchanged (docker exec
         # inspects the container first, so usually it is). Else, or if it changed, two calls.
-        guess = self._containers.recent(ref) if not body.get("User") and _valid_keys(keys) else None
-        if guess is not None and guess[0].status == "running":
+        guess = self._containers.recent(ref) if not body.get("User") and keys_valid else None
+        if guess is not None and guess[0].status == "running":  # what _runnable lets through
             record, stamp = guess
             exec_id, config_json, event_json = _new_exec(record, cmd, body, keys)
             resolve_keys, resolve_args = self._containers.resolve_keys_args(ref)
@@ -222,7 +223,7 @@ class ExecBackend:
         _runnable(record.status, record.id, ref)
         if body.get("User"):  # looked up before the exec exists, as dockerd does
             await (await self._runtime(record)).check_user(record.id, str(body["User"]))
-        if not _valid_keys(keys):
+        if not keys_valid:
             raise InvalidArgument(f"Invalid escape keys ({keys}) provided")
         exec_id, config_json, event_json = _new_exec(record, cmd, body, keys)
         await self._create_script(

@@ -4,14 +4,15 @@ network), and not before."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
-from apiserver.containers import views
+from apiserver.containers import inspect_body, views
 from apiserver.containers.inspect_body import InspectBodies, split_body
-from apiserver.containers.store import ContainerRecord, ContainerStore, decode_resolved
+from apiserver.containers.store import ContainerRecord, ContainerStore
 from apiserver.fastjson import dumps
 from common.keys import Keys
 from protos.errors import ContainerNotFound
@@ -39,7 +40,8 @@ def _record(n: int) -> ContainerRecord:
         "Config": {"Image": "busybox", "Labels": {"a": "1"}}, "HostConfig": {"NetworkMode": "default"}})
 
 
-async def test_a_body_per_version_of_the_record(redis_client: aioredis.Redis, keys: Keys) -> None:
+async def test_a_body_per_version_of_the_record(redis_client: aioredis.Redis, keys: Keys,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     store, other_server = ContainerStore(redis_client, keys), ContainerStore(redis_client, keys)
     first = _record(0x1A)
     await store.reserve_name(first.name, first.id)
@@ -47,14 +49,16 @@ async def test_a_body_per_version_of_the_record(redis_client: aioredis.Redis, ke
     bodies = InspectBodies()
     built = 0
 
-    def decode(id: str, raw: dict[bytes, bytes]) -> ContainerRecord:
+    def counted_view(record: ContainerRecord, **kwargs: Any) -> dict[str, Any]:
         nonlocal built
         built += 1
-        return decode_resolved("c26", id, raw)
+        return views.inspect_view(record, **kwargs)
+
+    monkeypatch.setattr(inspect_body, "views", SimpleNamespace(inspect_view=counted_view))
 
     async def inspect() -> bytes:
         id, raw, execs = await store.resolve_raw("c26")
-        body = bodies.body(id, raw, execs, decode)
+        body = bodies.body("c26", id, raw, execs)
         record, exec_ids = await store.resolve_with_execs("c26")
         assert body == dumps(views.inspect_view(record, exec_ids=exec_ids)) + b"\n"
         return body
@@ -72,9 +76,10 @@ async def test_a_body_per_version_of_the_record(redis_client: aioredis.Redis, ke
     assert b'"Running":true' in await inspect()
     await RedisNetStateSink(redis_client, keys).record(first.id, NetworkState(sandbox_key="/run/netns/x"))
     assert b"/run/netns/x" in await inspect()
+    assert built == 3
     await other_server.rename(first.id, "renamed")
     with pytest.raises(ContainerNotFound):
         await store.resolve_raw("c26")
     id, raw, execs = await store.resolve_raw("renamed")
-    assert b'"Name":"/renamed"' in bodies.body(id, raw, execs, lambda i, r: decode_resolved("renamed", i, r))
-    assert built == 3
+    assert b'"Name":"/renamed"' in bodies.body("renamed", id, raw, execs)
+    assert built == 4
