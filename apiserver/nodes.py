@@ -71,8 +71,7 @@ class NodeDirectory:
         node_id = record.id
         async with self._lock:
             cached = self._hosts.get(node_id)
-            if cached is not None and (cached.node.shim_address, cached.node.snapshotter_address) == (
-                    record.shim_address, record.snapshotter_address):
+            if cached is not None and _addresses(cached.node) == _addresses(record):
                 return cached
             if cached is not None:
                 await cached.close()
@@ -113,6 +112,11 @@ class NodeDirectory:
             for host in self._hosts.values():
                 await host.close()
             self._hosts.clear()
+
+
+def _addresses(record: NodeRecord) -> tuple[str, str, str]:
+    """Where a node's services are: another one, and the node's host services are connected anew."""
+    return record.shim_address, record.snapshotter_address, record.exec_socket_id
 
 
 def _satisfies(node: NodeRecord, constraint: str) -> bool:

@@ -21,6 +21,7 @@ from protos.rpc import insecure_channel, secure_channel
 from shim.client import RemoteRuntime
 from shim.network.client import RemoteNetworks
 from shim.storage.client import RemoteFiles, RemoteVolumes
+from shim.supervisor.direct import DirectExecs
 from snapshotter.client import RemoteContentStore, RemoteImages, RemoteSnapshotter
 
 
@@ -56,7 +57,7 @@ async def connect_remote(record: NodeRecord,
     shim_channel = _channel(record.shim_address, credentials)
     snap_channel = _channel(record.snapshotter_address, credentials)
 
-    runtime = RemoteRuntime(shim_channel)
+    runtime = RemoteRuntime(shim_channel, direct=DirectExecs.for_node(record))
 
     async def close() -> None:
         await runtime.close()

@@ -9,6 +9,7 @@ part refreshes its own heartbeat key with a TTL; a node whose heartbeats have al
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import secrets
@@ -34,6 +35,10 @@ class NodeRecord:
     hostname: str
     shim_address: str = ""
     snapshotter_address: str = ""
+    # The supervisor's socket, and which file it is (:func:`file_identity`): an API server on the
+    # same host (the same file) runs execs through it directly (shim.supervisor.direct).
+    exec_socket: str = ""
+    exec_socket_id: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     cpus: int = 0
     memory: int = 0
@@ -73,6 +78,21 @@ def host_facts() -> dict[str, Any]:
     pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     return {"hostname": socket.gethostname(), "cpus": os.cpu_count() or 1, "memory": pages,
             "kernel": uname.release, "arch": uname.machine}
+
+
+def file_identity(path: Path) -> str:
+    """Which file ``path`` is, on which boot of which host: the same string only for the same
+    file seen from the same running kernel (whatever mount namespace); "" if there is none."""
+    try:
+        st = os.stat(path)
+        return f"{_boot_id()}:{st.st_dev}:{st.st_ino}"
+    except OSError:
+        return ""
+
+
+@functools.cache
+def _boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 
 _MERGE_SCRIPT = """

@@ -145,7 +145,9 @@ async def announce(redis: aioredis.Redis, keys: Keys, cfg: ShimConfig) -> None:
     delay = 0.5
     while True:
         try:
-            await nodes.register(redis, keys, cfg.node_id, shim_address=cfg.address, **nodes.host_facts())
+            socket = SupervisorPaths(cfg.root, cfg.exec_root).socket
+            await nodes.register(redis, keys, cfg.node_id, shim_address=cfg.address, exec_socket=str(socket),
+                                 exec_socket_id=nodes.file_identity(socket), **nodes.host_facts())
             break
         except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
             log.warning("node_register_failed", error=str(exc))

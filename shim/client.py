@@ -38,13 +38,17 @@ from shim.api import (
     TopResult,
 )
 from shim.exec_channel import ExecChannelClient
+from shim.supervisor.direct import DirectExecs
+from shim.supervisor.exec_stream import Unreachable
 
 T = TypeVar("T")
 
 
 class RemoteRuntime:
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, *, direct: DirectExecs | None = None) -> None:
         self._channel = channel
+        # The node's supervisor, when it is on this host: attached execs go straight to it.
+        self._direct = direct
         self._stub = shim_pb2_grpc.TasksStub(channel)  # type: ignore[no-untyped-call]
         # The stream that carries execs without stdin (see shim.exec_channel); None until the
         # first, and for good once the shim turned out not to have it.
@@ -195,6 +199,9 @@ class RemoteRuntime:
     async def exec(self, id: str, spec: ExecSpec,
                    stdin: AsyncIterator[AttachInput]) -> tuple[ExecState, AsyncIterator[Output]]:
         await self._subscriptions_in_place()
+        if self._direct is not None and not spec.detach:
+            with contextlib.suppress(Unreachable):  # nothing was sent: the shim's way, then
+                return await self._direct.exec(id, spec, stdin)
         if not spec.process.open_stdin or spec.detach:
             # Nothing goes up: on the exec channel, else one request (a shim from before
             # ExecOutput gets the stream call).
@@ -234,6 +241,8 @@ class RemoteRuntime:
 
     async def close(self) -> None:
         """End the exec channel (before its gRPC channel closes)."""
+        if self._direct is not None:
+            self._direct.close()
         if self._execs is not None:
             await self._execs.close()
             self._execs = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
@@ -344,16 +345,9 @@ class LinuxRuntime:
     async def _attach_stream(self, opening: asyncio.Future[AttachStream], options: AttachOptions,
                              stdin: AsyncIterator[AttachInput]) -> AsyncIterator[Output]:
         stream = await opening
-        pump = asyncio.get_running_loop().create_task(_pump_stdin(stream, stdin)) if options.stdin else None
-        try:
-            while (item := await stream.read()) is not None:
-                yield Output(Stream(item[0]), item[1])
-        finally:
-            if pump is not None:
-                pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await pump
-            await stream.close()
+        async with contextlib.aclosing(stream.outputs(stdin if options.stdin else None)) as outputs:
+            async for output in outputs:
+                yield output
 
     async def logs(self, id: str, options: LogsOptions) -> AsyncIterator[LogEntry]:
         async with contextlib.aclosing(self.log_batches(id, options)) as batches:
@@ -468,23 +462,12 @@ class LinuxRuntime:
         if spec.detach:
             return state, _nothing()
         assert stream is not None
-        return state, self._exec_output(stream, spec, stdin)
+        return state, stream.outputs(stdin if spec.process.open_stdin else None,
+                                     ended=functools.partial(self._exit_recorded, stream))
 
-    async def _exec_output(self, stream: ExecStream, spec: ExecSpec,
-                           stdin: AsyncIterator[AttachInput]) -> AsyncIterator[Output]:
-        pump = asyncio.get_running_loop().create_task(_pump_stdin(stream, stdin)) if spec.process.open_stdin \
-            else None
-        try:
-            while (item := await stream.read()) is not None:
-                yield Output(Stream(item[0]), item[1])
-            if stream.end.get("seq"):
-                await self._recorded(int(stream.end["seq"]))  # the exit code is readable when we end
-        finally:
-            if pump is not None:
-                pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await pump
-            await stream.close()
+    async def _exit_recorded(self, stream: ExecStream) -> None:
+        if stream.end.get("seq"):
+            await self._recorded(int(stream.end["seq"]))  # the exit code is readable when we end
 
     async def resize_exec(self, id: str, exec_id: str, height: int, width: int) -> None:
         self._state(id)
@@ -528,18 +511,6 @@ def select_entries(batch: LogBatch, options: LogsOptions) -> tuple[LogBatch, boo
 async def _nothing() -> AsyncIterator[Output]:
     return
     yield  # an async generator that ends at once
-
-
-async def _pump_stdin(stream: AttachStream | ExecStream, stdin: AsyncIterator[AttachInput]) -> None:
-    try:
-        async for item in stdin:
-            if item.data:
-                await stream.send_stdin(item.data)
-            if item.close:
-                await stream.close_stdin()
-                return
-    except (ConnectionError, OSError):
-        pass
 
 
 class _LogWatcher:

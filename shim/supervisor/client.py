@@ -4,6 +4,7 @@ connection (requests, ordered events), and attach streams. See :mod:`shim.wire`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -11,7 +12,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import structlog
 
 from protos.errors import BerthError, Unavailable, error_class
 from shim import wire
+from shim.api import AttachInput, Output, Stream
 from shim.wire import SupervisorPaths
 
 log = structlog.get_logger()
@@ -73,6 +75,10 @@ class IdleConnections:
     def __init__(self, keep: int = 4) -> None:
         self._keep = keep
         self._idle: list[Connection] = []
+
+    @property
+    def waiting(self) -> bool:
+        return bool(self._idle)
 
     def take(self) -> Connection | None:
         """An open idle connection, or None."""
@@ -199,6 +205,41 @@ class FrameStream:
     async def close_stdin(self) -> None:
         self._writer.write(wire.frame(wire.Kind.CLOSE_STDIN, b""))
         await self._writer.drain()
+
+    async def read(self) -> tuple[int, bytes] | None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def outputs(self, stdin: AsyncIterator[AttachInput] | None,
+                      ended: Callable[[], Awaitable[None]] | None = None) -> AsyncGenerator[Output, None]:
+        """The output until the end, with ``stdin`` (if any) pumped up meanwhile; then ``ended``
+        (if any) is awaited. The stream closes after, whatever happens."""
+        pump = asyncio.get_running_loop().create_task(self.pump_stdin(stdin)) if stdin is not None else None
+        try:
+            while (item := await self.read()) is not None:
+                yield Output(Stream(item[0]), item[1])
+            if ended is not None:
+                await ended()
+        finally:
+            if pump is not None:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pump
+            await self.close()
+
+    async def pump_stdin(self, stdin: AsyncIterator[AttachInput]) -> None:
+        """Send ``stdin`` up until it closes (then CLOSE_STDIN) or the connection goes."""
+        try:
+            async for item in stdin:
+                if item.data:
+                    await self.send_stdin(item.data)
+                if item.close:
+                    await self.close_stdin()
+                    return
+        except (ConnectionError, OSError):
+            pass
 
     async def _disconnect(self) -> None:
         self._writer.close()

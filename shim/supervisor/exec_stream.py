@@ -9,6 +9,10 @@ An exec that reads no stdin asks to ``keep`` the connection: its ``END`` then sa
 (a supervisor from before this simply closes), and the connection, idle again, waits in the
 pool it came from (:class:`shim.supervisor.client.IdleConnections`) for the next such exec's
 request. A connection whose exec was abandoned before its ``END`` is closed, never reused.
+
+An exec that asks ``recorded`` (an API server's, :mod:`shim.supervisor.direct`) gets its ``END``,
+or its start's error, only once the shim acknowledged the event of its exit: the exit code is in
+the state store by then. The shim's own execs wait for that record themselves.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from shim.api import ExecSpec
 from shim.supervisor.client import FrameStream, IdleConnections, read_frame, reply_error
 
 
+class Unreachable(Unavailable):
+    """The supervisor's socket could not be connected to: nothing was sent."""
+
+
 class ExecStream(FrameStream):
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  idle: IdleConnections | None = None) -> None:
@@ -34,21 +42,26 @@ class ExecStream(FrameStream):
 
     @classmethod
     async def open(cls, socket_path: Path, cid: str, spec: ExecSpec, *, idle: IdleConnections | None = None,
-                   ) -> tuple[ExecStream | None, dict[str, Any], BerthError | None]:
+                   recorded: bool = False) -> tuple[ExecStream | None, dict[str, Any], BerthError | None]:
         """(stream, result, None) once the process runs; (None, result, error) if it did not start.
-        Without stdin, on a connection from ``idle`` if one waits there (and back there at the end)."""
+        Without stdin, on a connection from ``idle`` if one waits there (and back there at the end).
+        ``recorded``: the supervisor sends the end (or the start's error) only once the shim
+        recorded it in the state store, so that whoever reads the exec's state next sees its exit.
+        """
         keep = idle is not None and not spec.process.open_stdin
         connection = idle.take() if keep and idle is not None else None
         if connection is None:
             try:
                 connection = await asyncio.open_unix_connection(str(socket_path), limit=wire.MAX_FRAME)
             except OSError as exc:
-                raise Unavailable(f"supervisor unreachable at {socket_path}: {exc.strerror}") from None
+                raise Unreachable(f"supervisor unreachable at {socket_path}: {exc.strerror}") from None
         reader, writer = connection
         stream = cls(reader, writer, idle if keep else None)
         request: dict[str, Any] = {"id": 1, "op": "exec_attach", "cid": cid, "spec": spec}
         if keep:
             request["keep"] = True
+        if recorded:
+            request["recorded"] = True
         writer.write(wire.frame(wire.Kind.JSON, wire.compact_json(request)))
         try:
             _, payload = await read_frame(reader)

@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import functools
 import json
 import os
 import re
@@ -173,13 +174,14 @@ class ExecRun:
     the captured output and a callback."""
 
     def __init__(self, exec_id: str, args: tuple[str, ...], *, conn: Connection | None = None, rid: Any = None,
-                 keep: bool = False, capture: bool = False, on_done: Callable[[int, str], None] | None = None,
-                 events: bool = True) -> None:
+                 keep: bool = False, recorded: bool = False, capture: bool = False,
+                 on_done: Callable[[int, str], None] | None = None, events: bool = True) -> None:
         self.exec_id = exec_id
         self.args = args
         self.conn = conn
         self.rid = rid
         self.keep = keep  # its client reuses the connection for another exec once this one ended
+        self.recorded = recorded  # its client learns how it ended once the shim recorded that
         self.capture: bytearray | None = bytearray() if capture else None
         self.truncated = False
         self.on_done = on_done
@@ -395,6 +397,9 @@ class Supervisor:
         self.events: collections.deque[tuple[int, bytes]] = collections.deque()  # (seq, event JSON)
         self.seq = 0
         self.subscriber: Connection | None = None
+        self.acked = 0  # the subscriber recorded the events up to this one
+        # What waits for an event's record (:meth:`after_recorded`): (seq, action), in seq order.
+        self.held: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
         self.connections: set[Connection] = set()
         self.stopping = asyncio.Event()
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -534,6 +539,18 @@ class Supervisor:
     def ack(self, seq: int) -> None:
         while self.events and self.events[0][0] <= seq:
             self.events.popleft()
+        self.acked = max(self.acked, seq)
+        while self.held and self.held[0][0] <= self.acked:
+            self.held.popleft()[1]()
+
+    def after_recorded(self, seq: int, action: Callable[[], None]) -> None:
+        """Run ``action`` once the subscriber acknowledged event ``seq`` (it is in the state
+        store then): now if it did, or if no subscriber is there to record it (what waits learns
+        how it ended rather than wait for a shim that may not come back)."""
+        if seq <= self.acked or self.subscriber is None:
+            action()
+        else:
+            self.held.append((seq, action))
 
     # Requests -----------------------------------------------------------------------------------
 
@@ -1201,6 +1218,8 @@ class Supervisor:
         self.connections.discard(conn)
         if self.subscriber is conn:
             self.subscriber = None
+            while self.held:  # nobody records them now: see after_recorded
+                self.held.popleft()[1]()
         c = conn.attach
         if c is None:
             return
@@ -1470,7 +1489,9 @@ class Supervisor:
             c = self._get(message)
             spec = _exec_spec(message)
             keep = bool(message.get("keep")) and not spec.process.open_stdin
-            proc = self._start_exec(c, spec, ExecRun(spec.exec_id, spec.process.args, conn=conn, rid=rid, keep=keep))
+            run = ExecRun(spec.exec_id, spec.process.args, conn=conn, rid=rid, keep=keep,
+                          recorded=bool(message.get("recorded")))
+            proc = self._start_exec(c, spec, run)
         except OpError as exc:
             self._reply_error(conn, rid, exc)
             conn.close()
@@ -1622,24 +1643,34 @@ class Supervisor:
             run.exit_seq = self._emit(EventType.EXEC_EXIT, c, exec=run.state(c.id))
         conn = run.conn
         if conn is not None:
-            if proc.exec_error:
-                self._reply_error(conn, run.rid, OpError("StartFailed", run.error, state=wire.encode(run.state(c.id)),
-                                                         seq=run.exit_seq))
-                conn.close()
-            elif run.keep:
-                end = {"seq": run.exit_seq, "exit_code": run.exit_code, "keep": True}
-                conn.send(wire.frame(wire.Kind.END, wire.compact_json(end)))
-                conn.attach, conn.exec_proc, conn.stdin, conn.streams = None, None, False, frozenset()
+            if run.recorded and run.events:
+                self.after_recorded(run.exit_seq, functools.partial(self._end_exec, conn, proc))
             else:
-                end = {"seq": run.exit_seq, "exit_code": run.exit_code}
-                conn.send(wire.frame(wire.Kind.END, wire.compact_json(end)))
-                conn.close()
+                self._end_exec(conn, proc)
         proc.attachers.clear()
         if not proc.started.done():
             proc.started.set_result(None)
         proc.done.set_result(None)
         if run.on_done is not None:
             run.on_done(run.exit_code, run.output())
+
+    def _end_exec(self, conn: Connection, proc: Process) -> None:
+        """Tell an exec's client how it ended: its start's error, or END with the exit."""
+        run = proc.exec
+        assert run is not None
+        if proc.exec_error:
+            self._reply_error(conn, run.rid, OpError("StartFailed", run.error,
+                                                     state=wire.encode(run.state(proc.container.id)),
+                                                     seq=run.exit_seq))
+            conn.close()
+        elif run.keep:
+            end = {"seq": run.exit_seq, "exit_code": run.exit_code, "keep": True}
+            conn.send(wire.frame(wire.Kind.END, wire.compact_json(end)))
+            conn.attach, conn.exec_proc, conn.stdin, conn.streams = None, None, False, frozenset()
+        else:
+            end = {"seq": run.exit_seq, "exit_code": run.exit_code}
+            conn.send(wire.frame(wire.Kind.END, wire.compact_json(end)))
+            conn.close()
 
     def op_check_user(self, conn: Connection, message: dict[str, Any]) -> Any:
         """Resolve a user in the container's own databases, read through its root with the

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -154,3 +155,26 @@ def test_exec_events(dkr: Docker, box: str) -> None:
     assert [line.split(" ")[0] for line in lines] == ["exec_create:", "exec_start:", "exec_die"]
     assert lines[0].startswith("exec_create: sh -c exit 4 ") and lines[-1].endswith(" 4")
     assert len({re.search(r"[0-9a-f]{64}", line).group() for line in lines}) == 1  # type: ignore[union-attr]
+
+
+def test_exec_goes_straight_to_the_supervisor(dkr: Docker, berthd: Berthd, box: str) -> None:
+    """berthd runs on the node: an attached exec goes over the supervisor's socket, not through
+    the shim (shim.supervisor.direct), and its exit code is recorded by the time the CLI asks."""
+    for code in range(3):
+        assert dkr("exec", box, "sh", "-c", f"exit {code}").returncode == code
+    assert berthd.proc is not None
+    supervisor = berthd.service_pids()["supervisor"]
+    assert _unix_peers(supervisor, berthd.proc.pid), "berthd holds no connection to the supervisor"
+
+
+def _unix_peers(server_pid: int, client_pid: int) -> set[int]:
+    """Inodes of ``client_pid``'s unix sockets connected to one of ``server_pid``'s (``ss``)."""
+    owner: dict[int, int] = {}
+    peer: dict[int, int] = {}
+    for line in subprocess.run(["ss", "-xpH"], capture_output=True, text=True, check=True).stdout.splitlines():
+        fields = line.split()
+        pids = [int(p) for p in re.findall(r"pid=(\d+)", line)]
+        if len(fields) >= 8 and pids and fields[5].isdigit() and fields[7].isdigit():
+            owner[int(fields[5])] = pids[0]
+            peer[int(fields[5])] = int(fields[7])
+    return {ino for ino, pid in owner.items() if pid == client_pid and owner.get(peer[ino]) == server_pid}

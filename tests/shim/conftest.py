@@ -26,6 +26,7 @@ import grpc
 import pytest
 
 from common.mounts import Mount
+from common.nodes import file_identity
 from protos.errors import NotFound
 from protos.rpc import SERVER_OPTIONS, insecure_channel
 from protos.shim.v1 import shim_pb2_grpc
@@ -35,6 +36,7 @@ from shim.linux import LinuxRuntime
 from shim.service import TasksServicer
 from shim.supervisor.cgroups import Layout, remove_tree
 from shim.supervisor.client import SupervisorPaths, spawn
+from shim.supervisor.direct import DirectExecs
 from tests.support.busybox import PATH_ENV, populate_rootfs
 
 
@@ -210,13 +212,30 @@ async def local_runtime(linux_runtime: LinuxRuntime, containers: Containers,
 async def remote_runtime(linux_runtime: LinuxRuntime, containers: Containers, shim_dir: Path,
                          cleanup_check: Callable[[], list[str]]) -> AsyncIterator[Runtime]:
     """``RemoteRuntime`` through a live gRPC server on a unix socket, ``LinuxRuntime`` behind it."""
+    async for runtime in _remote(linux_runtime, containers, shim_dir, cleanup_check, direct=None):
+        yield runtime
+
+
+@pytest.fixture
+async def direct_runtime(linux_runtime: LinuxRuntime, containers: Containers, shim_dir: Path,
+                         supervisor: SupervisorPaths,
+                         cleanup_check: Callable[[], list[str]]) -> AsyncIterator[Runtime]:
+    """``remote_runtime`` as an API server on the node has it: attached execs go straight to the
+    supervisor (shim.supervisor.direct), the rest through gRPC."""
+    direct = DirectExecs(supervisor.socket, file_identity(supervisor.socket))
+    async for runtime in _remote(linux_runtime, containers, shim_dir, cleanup_check, direct=direct):
+        yield runtime
+
+
+async def _remote(linux_runtime: LinuxRuntime, containers: Containers, shim_dir: Path,
+                  cleanup_check: Callable[[], list[str]], *, direct: DirectExecs | None) -> AsyncIterator[Runtime]:
     server = grpc.aio.server(options=SERVER_OPTIONS)
     shim_pb2_grpc.add_TasksServicer_to_server(TasksServicer(linux_runtime), server)  # type: ignore[no-untyped-call]
     socket_path = shim_dir / f"grpc-{secrets.token_hex(3)}.sock"
     server.add_insecure_port(f"unix:{socket_path}")
     await server.start()
     channel = insecure_channel(str(socket_path))
-    runtime = RemoteRuntime(channel)
+    runtime = RemoteRuntime(channel, direct=direct)
     try:
         yield runtime
     finally:

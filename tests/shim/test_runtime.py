@@ -1,5 +1,6 @@
 """The Runtime contract against ``LinuxRuntime`` directly, and against ``RemoteRuntime`` through
-a live gRPC server on a unix socket (the same runtime behind it)."""
+a live gRPC server on a unix socket (the same runtime behind it), with and without the direct
+path to the supervisor that an API server on the node takes for attached execs."""
 
 from __future__ import annotations
 
@@ -19,3 +20,9 @@ class TestRemoteRuntime(RuntimeContract):
     @pytest.fixture
     def runtime(self, remote_runtime: Runtime) -> Runtime:
         return remote_runtime
+
+
+class TestDirectRuntime(RuntimeContract):
+    @pytest.fixture
+    def runtime(self, direct_runtime: Runtime) -> Runtime:
+        return direct_runtime

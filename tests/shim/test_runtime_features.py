@@ -456,3 +456,9 @@ class TestRemoteFeatures(FeatureContract):
     @pytest.fixture
     def runtime(self, remote_runtime: Runtime) -> Runtime:
         return remote_runtime
+
+
+class TestDirectFeatures(FeatureContract):
+    @pytest.fixture
+    def runtime(self, direct_runtime: Runtime) -> Runtime:
+        return direct_runtime
