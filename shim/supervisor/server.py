@@ -1052,6 +1052,8 @@ class Supervisor:
             lines = splitter.flush(now) if run is None else b""
             if lines:
                 self._write_log(c, lines)
+            if not proc.outputs and not proc.reaped:
+                self._reap_one(proc)
             self._maybe_finalize(proc)
             return
         if run is None:
@@ -1254,6 +1256,18 @@ class Supervisor:
             proc.reaped = True
             proc.wait_status = status
             self._maybe_finalize(proc)
+
+    def _reap_one(self, proc: Process) -> None:
+        """Reap ``proc`` now if it exited: its last output closing is, most often, its exit,
+        and this spares the SIGCHLD's turns through the loop (~0.3 ms on an exec's path)."""
+        try:
+            pid, status = os.waitpid(proc.pid, os.WNOHANG)
+        except ChildProcessError:
+            return  # reaped already: reap() has it
+        if pid == proc.pid:
+            self.procs.pop(pid, None)
+            proc.reaped = True
+            proc.wait_status = status
 
     def _on_oom(self, c: Container) -> None:
         if c.oom_fd is None:

@@ -13,6 +13,7 @@ import re
 import resource
 import secrets
 import signal
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -85,6 +86,16 @@ class FeatureContract:
         assert (out, err) == (b"out\n", b"err\n")
         assert exits(recorder, spec.exec_id) == [5]  # recorded before the output ended
         assert await log_text(runtime, id) == []  # an exec's output never goes to the container's log
+
+    async def test_exec_that_closes_its_output_and_runs_on(self, runtime: Runtime, containers: Containers,
+                                                           recorder: Recorder) -> None:
+        """Its output's end is not its exit (the supervisor reaps there only what has exited)."""
+        id = await running(runtime, containers)
+        spec = xspec("sh", "-c", "echo before; exec >&- 2>&-; sleep 0.3; exit 4")
+        began = time.monotonic()
+        _, out, _ = await run_exec(runtime, id, spec)
+        assert out == b"before\n" and time.monotonic() - began >= 0.3
+        assert exits(recorder, spec.exec_id) == [4]
 
     async def test_exec_start_events(self, runtime: Runtime, containers: Containers, recorder: Recorder) -> None:
         """An attached exec that ends within the supervisor's hold is recorded by its exit alone;
