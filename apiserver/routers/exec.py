@@ -24,7 +24,10 @@ from apiserver.hijack import (
 )
 from apiserver.httputil import int_value, json_response, read_json
 from protos.errors import BerthError, StartFailed
-from shim.api import AttachInput, Output, Stream
+from shim.api import AttachInput, ExecState, Output, Stream
+
+# What starting an exec gives: its state once it runs, and its output.
+Started = tuple[ExecState, AsyncIterator[Output]]
 
 EXECS: web.AppKey[ExecBackend] = web.AppKey("execs", ExecBackend)
 
@@ -52,16 +55,43 @@ async def post_exec_start(request: web.Request) -> web.StreamResponse:
             pass
         return web.Response(status=200)
     multiplexed = not tty and _api_version(request) >= (1, 42)
+    early: asyncio.Future[Started] | None = None
+    if not record.config.get("OpenStdin") and record.conflict is None:
+        # It reads nothing from the client: it starts while the connection is taken over.
+        early = asyncio.ensure_future(backend.start(record, detach=False, console_size=console, stdin=_no_input()))
+        await asyncio.sleep(0)  # its request is on its way before the 101 is
     try:
         resp, conn = await hijack(request, MULTIPLEXED_STREAM if multiplexed else RAW_STREAM)
     except BaseException:
-        await backend.unclaim(record)  # never started: startable again, as moby leaves it
+        if early is None:
+            await backend.unclaim(record)  # never started: startable again, as moby leaves it
+        else:
+            _abandon(early)  # it runs on without its client, as if that had left
         raise
     try:
-        await _session(backend, record, conn, tty=tty, console=console)
+        await _session(backend, record, conn, tty=tty, console=console, started=early)
     finally:
         await conn.close()
     return resp
+
+
+def _abandon(started: asyncio.Future[Started]) -> None:
+    """An exec started for a client that is gone: its output is closed unread."""
+    async def close() -> None:
+        try:
+            _, outputs = await started
+        except BaseException:
+            return
+        aclose = getattr(outputs, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    task = asyncio.ensure_future(close())
+    _abandoned.add(task)
+    task.add_done_callback(_abandoned.discard)
+
+
+_abandoned: set[asyncio.Future[None]] = set()  # _abandon's, referenced until done
 
 
 async def _no_input() -> AsyncIterator[AttachInput]:
@@ -70,7 +100,7 @@ async def _no_input() -> AsyncIterator[AttachInput]:
 
 
 async def _session(backend: ExecBackend, record: ExecRecord, conn: HijackedConnection, *, tty: bool,
-                   console: list[int] | None) -> None:
+                   console: list[int] | None, started: asyncio.Future[Started] | None) -> None:
     open_stdin = bool(record.config.get("OpenStdin"))
     # Set when the copy of output ends early: detach keys, the client gone, or (terminal) its input
     # ended; the value says whether it was a detach.
@@ -103,7 +133,8 @@ async def _session(backend: ExecBackend, record: ExecRecord, conn: HijackedConne
         yield AttachInput(close=True)
 
     try:
-        _, outputs = await backend.start(record, detach=False, console_size=console, stdin=stdin())
+        _, outputs = await (started if started is not None else
+                            backend.start(record, detach=False, console_size=console, stdin=stdin()))
     except BerthError as exc:
         message = exc.message
         if isinstance(exc, StartFailed):
