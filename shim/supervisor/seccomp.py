@@ -13,7 +13,10 @@ runc/libseccomp would apply them:
   are ANDed, except that several conditions on the same argument become one rule each (ORed),
   as runc does; a call no rule matches gets the default action;
 * the syscall dispatch is a binary search over runs of numbers that share their code (gaps
-  included, as the default action), so the program stays small (≈8 comparisons per call);
+  included, as the default action), so the program stays small (≈8 comparisons per call); runs
+  that only return share one ``ret`` per action, which the comparisons jump to (the kernel
+  checks and JITs the program at every start and exec: Docker's profile, 666 instructions
+  without that sharing, loads in ~230 µs instead of ~290);
 * arguments compare as 64-bit values on 64-bit architectures, 32-bit on i386.
 
 Docker's default profile ships as ``shim/seccomp/default.json`` (Apache-2.0, see its NOTICE).
@@ -311,14 +314,53 @@ def _runs(table: Mapping[int, list[Insn]], default: int, *, merge: bool = True) 
 
 
 def _tree(runs: Sequence[tuple[int, list[Insn]]]) -> list[Insn]:
-    """Binary search on the syscall number (in A) down to the one run it falls in."""
-    if len(runs) == 1:
-        return list(runs[0][1])
+    """Binary search on the syscall number (in A) down to the one run it falls in. A subtree
+    whose jumps all reach its end is one block (:func:`_block`); a bigger one is split in two."""
+    block = _block(runs)
+    if block is not None:
+        return block
     mid = len(runs) // 2
     left, right = _tree(runs[:mid]), _tree(runs[mid:])
     if len(left) <= 255:
         return [(_JGE, len(left), 0, runs[mid][0]), *left, *right]
     return [(_JGE, 0, 1, runs[mid][0]), (_JA, 0, 0, len(left)), *left, *right]
+
+
+# In a block under construction: a jump offset, or ("ret", action) for the block's shared return.
+_Target = int | tuple[str, int]
+
+
+def _block(runs: Sequence[tuple[int, list[Insn]]]) -> list[Insn] | None:
+    """The search as one block whose runs that only return (most of them: allowed, refused) share
+    one ``ret`` per action at the block's end, reached by the comparisons themselves: the search
+    costs a comparison per run, not two. None if a jump would not reach (classic BPF's
+    conditional jumps go at most 255 instructions forward)."""
+    def search(part: Sequence[tuple[int, list[Insn]]]) -> tuple[list[tuple[int, _Target, _Target, int]], _Target]:
+        """The code for ``part`` and where it ends up: a shared return, or 0 (fall into its code)."""
+        if len(part) == 1:
+            code = part[0][1]
+            if len(code) == 1 and code[0][0] == _RET:
+                return [], ("ret", code[0][3])
+            return [(op, jt, jf, k) for op, jt, jf, k in code], 0
+        mid = len(part) // 2
+        (left, left_to), (right, right_to) = search(part[:mid]), search(part[mid:])
+        # JGE: taken (A >= k) to the right part, else to the left one; code laid out left, right.
+        jt: _Target = right_to if not right else len(left)
+        jf: _Target = left_to if not left else 0
+        return [(_JGE, jt, jf, part[mid][0]), *left, *right], 0
+
+    body, whole = search(runs)
+    if not body:  # a single run that only returns
+        assert isinstance(whole, tuple)
+        return [(_RET, 0, 0, whole[1])]
+    returns = list(dict.fromkeys(t[1] for _, jt, jf, _ in body for t in (jt, jf) if isinstance(t, tuple)))
+    program: list[Insn] = []
+    for i, (op, jt, jf, k) in enumerate(body):
+        offsets = [len(body) + returns.index(t[1]) - (i + 1) if isinstance(t, tuple) else t for t in (jt, jf)]
+        if max(offsets) > 255:
+            return None
+        program.append((op, offsets[0], offsets[1], k))
+    return program + [(_RET, 0, 0, action) for action in returns]
 
 
 def _handler(rules: Sequence[_Rule], bits: int, default: int) -> list[Insn]:

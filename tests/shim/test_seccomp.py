@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import random
 import struct
 
 import pytest
@@ -77,6 +78,7 @@ def test_merged_runs_give_every_call_the_same_verdict(default: bytes) -> None:
     plain = seccomp.compile_profile(seccomp.default_profile_text(), DEFAULT_CAPS, machine="x86_64", release="6.1.0",
                                     merge=False)
     assert len(default) * 3 < len(plain)  # what merging is for
+    assert len(default) // 8 < 420  # and sharing the returns (666 instructions without)
     numbers = [*range(0, 600), *(syscalls.X32_SYSCALL_BIT + n for n in range(0, 600)), 0x7FFFFFFF, -1]
     argsets = [(), (0x10000000,), (40,), (0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF)]
     for arch in (X86_64, I386):
@@ -84,6 +86,35 @@ def test_merged_runs_give_every_call_the_same_verdict(default: bytes) -> None:
             for args in argsets:
                 want = evaluate(plain, number, arch, args)
                 assert evaluate(default, number, arch, args) == want, (arch, number, args)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_profiles_compile_to_the_same_verdicts(seed: int) -> None:
+    """Profiles of every size and mix (few calls to all of them, actions of several kinds, some
+    with argument rules): the compact program against one branch per call, number by number."""
+    rng = random.Random(seed)
+    names = sorted(syscalls.X86_64)
+    actions = ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_LOG", "SCMP_ACT_TRAP"]
+    default_action = rng.choice(["SCMP_ACT_ERRNO", "SCMP_ACT_ALLOW"])
+    calls = []
+    for _ in range(rng.randint(1, 6)):
+        with_args = rng.random() < 0.3  # few names: one branch per call must stay within the kernel's limit
+        chosen = rng.sample(names, rng.randint(1, 40 if with_args else len(names)))
+        call: dict[str, object] = {"names": chosen, "action": rng.choice(actions), "errnoRet": rng.randint(1, 99)}
+        if with_args:
+            call["args"] = [{"index": rng.randint(0, 5), "value": rng.choice([0, 2, 40, 1 << 33]),
+                             "op": rng.choice(["SCMP_CMP_EQ", "SCMP_CMP_NE", "SCMP_CMP_GT", "SCMP_CMP_LE"])}]
+        calls.append(call)
+    text = json.dumps({"defaultAction": default_action, "syscalls": calls,
+                       "archMap": [{"architecture": "SCMP_ARCH_X86_64",
+                                    "subArchitectures": ["SCMP_ARCH_X86", "SCMP_ARCH_X32"]}]})
+    compact = seccomp.compile_profile(text, [], machine="x86_64", release="6.1.0")
+    plain = seccomp.compile_profile(text, [], machine="x86_64", release="6.1.0", merge=False)
+    numbers = [*range(0, 560), *(syscalls.X32_SYSCALL_BIT + n for n in range(0, 560)), 0x7FFFFFFF, -1]
+    for arch in (X86_64, I386):
+        for number in numbers:
+            for args in ((), (2, 40, 1 << 33, 0, 0, 2)):
+                assert evaluate(compact, number, arch, args) == evaluate(plain, number, arch, args), (arch, number)
 
 
 def test_argument_conditions(default: bytes) -> None:
