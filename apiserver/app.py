@@ -44,17 +44,49 @@ _PREPARED: web.RequestKey[bool] = web.RequestKey("berth.prepared", bool)
 
 
 @web.middleware
-async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _engine(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every request's frame, in one middleware (each layer costs every request): its id in the
+    log context, the API version check, Docker-style errors, the access log and metrics."""
+    request_id = request.headers.get("X-Request-Id") or secrets.token_hex(6)
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    start = time.perf_counter()
+    status = 500
     try:
-        return await handler(request)
-    except Exception as exc:
-        if request.get(_PREPARED):
-            # Headers already went out: a second response would corrupt the stream. Log and let
-            # aiohttp drop the connection; streaming handlers report in-stream errors themselves.
-            if not isinstance(exc, ConnectionResetError):
-                log.error("stream_failed", error=repr(exc), exc_info=exc)
-            raise
-        return _error_to_response(exc)
+        resp = _version_refused(request.match_info.get("api_version"))
+        if resp is None:
+            try:
+                resp = await handler(request)
+            except Exception as exc:
+                if request.get(_PREPARED):
+                    # Headers already went out: a second response would corrupt the stream. Log and
+                    # let aiohttp drop the connection; streaming handlers report in-stream errors.
+                    if not isinstance(exc, ConnectionResetError):
+                        log.error("stream_failed", error=repr(exc), exc_info=exc)
+                    raise
+                resp = _error_to_response(exc)
+        status = resp.status
+        return resp
+    finally:
+        ms = round((time.perf_counter() - start) * 1000, 2)
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "-"
+        request.app[METRICS].observe_request(request.method, route, status, ms / 1000)
+        log.debug("api_request", method=request.method, path=request.path, status=status, ms=ms)  # dockerd: debug too
+        structlog.contextvars.unbind_contextvars("request_id")
+
+
+def _version_refused(version: str | None) -> web.StreamResponse | None:
+    """dockerd's answer to a ``/v{version}/`` it does not serve, or None."""
+    if version is None:
+        return None
+    requested = _version_tuple(version)
+    if requested < _version_tuple(MIN_API_VERSION):
+        return error_response(
+            400, f"client version {version} is too old. Minimum supported API version is "
+                 f"{MIN_API_VERSION}, please upgrade your client to a newer version")
+    if requested > _version_tuple(API_VERSION):
+        return error_response(
+            400, f"client version {version} is too new. Maximum supported API version is {API_VERSION}")
+    return None
 
 
 def _error_to_response(exc: Exception) -> web.StreamResponse:
@@ -74,39 +106,6 @@ def _error_to_response(exc: Exception) -> web.StreamResponse:
     return error_response(500, f"internal error: {exc}")
 
 
-@web.middleware
-async def _versions(request: web.Request, handler: Handler) -> web.StreamResponse:
-    version = request.match_info.get("api_version")
-    if version is not None:
-        requested = _version_tuple(version)
-        if requested < _version_tuple(MIN_API_VERSION):
-            return error_response(
-                400, f"client version {version} is too old. Minimum supported API version is "
-                     f"{MIN_API_VERSION}, please upgrade your client to a newer version")
-        if requested > _version_tuple(API_VERSION):
-            return error_response(
-                400, f"client version {version} is too new. Maximum supported API version is {API_VERSION}")
-    return await handler(request)
-
-
-@web.middleware
-async def _access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request.headers.get("X-Request-Id") or secrets.token_hex(6)
-    structlog.contextvars.bind_contextvars(request_id=request_id)
-    start = time.perf_counter()
-    status = 500
-    try:
-        resp = await handler(request)
-        status = resp.status
-        return resp
-    finally:
-        ms = round((time.perf_counter() - start) * 1000, 2)
-        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "-"
-        request.app[METRICS].observe_request(request.method, route, status, ms / 1000)
-        log.debug("api_request", method=request.method, path=request.path, status=status, ms=ms)  # dockerd: debug too
-        structlog.contextvars.unbind_contextvars("request_id")
-
-
 async def _engine_headers(request: web.Request, response: web.StreamResponse) -> None:
     request[_PREPARED] = True
     response.headers["Api-Version"] = API_VERSION
@@ -121,7 +120,7 @@ async def _not_found(request: web.Request) -> web.StreamResponse:
 
 def build_app(register: list[Callable[[web.Application], None]], **settings: Any) -> web.Application:
     """An application with the Engine API middlewares; ``register`` callbacks add the routers."""
-    app = new_application(middlewares=[_access_log, _errors, _versions], client_max_size=0, **settings)
+    app = new_application(middlewares=[_engine], client_max_size=0, **settings)
     app[METRICS] = Metrics()
     app.on_response_prepare.append(_engine_headers)
     for reg in register:
