@@ -6,12 +6,11 @@ import common.grpc_env  # noqa: F401  # first: gRPC reads its settings when it l
 
 # isort: split
 
-import asyncio
 import sys
 
 from apiserver import API_VERSION, BERTH_VERSION
 from apiserver.config import ConfigError, load
-from common import logs
+from common import eventloop, logs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     from apiserver.daemon import Daemon
 
     try:
-        asyncio.run(Daemon(cfg).run())
+        eventloop.run(Daemon(cfg).run())
     except ConfigError as exc:
         print(f"berthd: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -182,7 +182,7 @@ async def hijack(request: web.Request, content_type: str) -> tuple[web.StreamRes
     resp.force_close()
     await resp.prepare(request)
     transport = request.transport
-    assert transport is not None and isinstance(transport, asyncio.Transport)
+    assert transport is not None  # a stream transport: asyncio's, or uvloop's (not a subclass)
     handler = request.protocol
     # Bytes the client sent right behind the request headers (stdin typed before the 101 arrived).
     initial = bytes(getattr(handler, "_message_tail", b""))
