@@ -2,8 +2,8 @@
 for every read, write and callback; per ``docker exec`` berthd spends ~16% less CPU on uvloop).
 
 The supervisor stays on asyncio's loop: uvloop keeps SIGCHLD for itself, and the supervisor
-reaps every container. The shim and the snapshotter serve gRPC, whose asyncio integration is
-what they are tested with.
+reaps every container. So does the shim: its netlink sockets (pyroute2) are datagram endpoints
+of a family uvloop does not open. The snapshotter is not on any hot path of the API.
 """
 
 from __future__ import annotations
