@@ -9,7 +9,10 @@ still go through the shim.
 
 The node record names the socket and which file it is (:func:`common.nodes.file_identity`): only
 the same file, seen from the same boot, is used, and checked again for every new connection. A
-socket that is not there (or another file now) falls back to the shim before anything is sent.
+socket that is not there (or another file now) falls back to the shim before anything is sent;
+so does a supervisor with no shim connected (nothing would record the exec; the shim's own path
+then says it is unavailable, as before). A shim that goes away while an exec's end waits for its
+record is waited for: its successor records what it missed, and the end follows.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from common.nodes import NodeRecord, file_identity
+from protos.errors import Unavailable
 from shim import wire
 from shim.api import AttachInput, ExecSpec, ExecState, Output
 from shim.supervisor.client import IdleConnections
@@ -47,6 +51,8 @@ class DirectExecs:
         if not self._idle.waiting and file_identity(self._socket) != self._identity:
             raise Unreachable(f"supervisor socket {self._socket} is not the node's any more")
         stream, result, error = await ExecStream.open(self._socket, id, spec, idle=self._idle, recorded=True)
+        if isinstance(error, Unavailable):  # no shim to record it: nothing started, go through the shim
+            raise Unreachable(error.message)
         if error is not None:
             raise error
         assert stream is not None

@@ -12,7 +12,8 @@ request. A connection whose exec was abandoned before its ``END`` is closed, nev
 
 An exec that asks ``recorded`` (an API server's, :mod:`shim.supervisor.direct`) gets its ``END``,
 or its start's error, only once the shim acknowledged the event of its exit: the exit code is in
-the state store by then. The shim's own execs wait for that record themselves.
+the state store by then (a supervisor with no shim connected refuses it: ``Unavailable``). The
+shim's own execs wait for that record themselves.
 """
 
 from __future__ import annotations

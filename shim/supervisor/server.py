@@ -89,6 +89,9 @@ MAX_EVENTS = 100_000
 # a Redis write and an ack less. Its client has had the start's answer already; a detached exec's
 # start waits for its record, so that one is never held.
 EXEC_START_HOLD_S = 0.005
+# How long what waits for an event's record (Supervisor.after_recorded) waits for a shim to come
+# back once the one subscribed went away: a restarted shim records the events again within it.
+NO_RECORDER_S = 10.0
 STDIN_HIGH = 4 << 20
 STDIN_LOW = 1 << 20
 OUTPUT_HIGH = 4 << 20
@@ -544,13 +547,24 @@ class Supervisor:
             self.held.popleft()[1]()
 
     def after_recorded(self, seq: int, action: Callable[[], None]) -> None:
-        """Run ``action`` once the subscriber acknowledged event ``seq`` (it is in the state
-        store then): now if it did, or if no subscriber is there to record it (what waits learns
-        how it ended rather than wait for a shim that may not come back)."""
-        if seq <= self.acked or self.subscriber is None:
+        """Run ``action`` once a subscriber acknowledged event ``seq`` (it is in the state store
+        then): now if it did. A shim that goes away meanwhile is waited for (its successor is
+        replayed the events and records them) :data:`NO_RECORDER_S` at most, see
+        :meth:`_recorder_gone`."""
+        if seq <= self.acked:
             action()
         else:
             self.held.append((seq, action))
+
+    def _recorder_gone(self) -> None:
+        """No shim records now: what waits for a record runs after all if none is back in time
+        (its client learns how the exec ended rather than wait for a shim that may not come)."""
+        def release() -> None:
+            if self.subscriber is None:
+                while self.held:
+                    self.held.popleft()[1]()
+
+        self.loop.call_later(NO_RECORDER_S, release)
 
     # Requests -----------------------------------------------------------------------------------
 
@@ -1220,8 +1234,7 @@ class Supervisor:
         self.connections.discard(conn)
         if self.subscriber is conn:
             self.subscriber = None
-            while self.held:  # nobody records them now: see after_recorded
-                self.held.popleft()[1]()
+            self._recorder_gone()
         c = conn.attach
         if c is None:
             return
@@ -1503,6 +1516,9 @@ class Supervisor:
             c = self._get(message)
             spec = _exec_spec(message)
             keep = bool(message.get("keep")) and not spec.process.open_stdin
+            if message.get("recorded") and self.subscriber is None:
+                # Nothing would record it now: its client goes through the shim instead.
+                raise OpError("Unavailable", "no shim is connected to record the exec")
             run = ExecRun(spec.exec_id, spec.process.args, conn=conn, rid=rid, keep=keep,
                           recorded=bool(message.get("recorded")))
             proc = self._start_exec(c, spec, run)

@@ -20,6 +20,7 @@ from shim.client import RemoteRuntime
 from shim.linux import LinuxRuntime
 from shim.supervisor.client import SupervisorPaths
 from shim.supervisor.direct import DirectExecs
+from shim.supervisor.exec_stream import Unreachable
 from tests.shim.conftest import Containers, Recorder, collect
 from tests.shim.contract import inputs
 from tests.support.busybox import PATH_ENV
@@ -99,39 +100,57 @@ async def test_a_start_error_comes_once_recorded(supervisor: SupervisorPaths, co
         assert _exits(recorder, cid) == [127]
 
 
-async def test_without_a_shim_to_record_the_end_comes_at_once(supervisor: SupervisorPaths, containers: Containers,
-                                                               recorder: Recorder) -> None:
-    """A shim that goes away while an exec's end waits for its record: the end is sent then (the
-    next shim records the exit from the supervisor's replay)."""
+async def test_a_shim_that_goes_away_is_waited_for(supervisor: SupervisorPaths, containers: Containers,
+                                                  recorder: Recorder) -> None:
+    """A shim that goes away while an exec's end waits for its record: the end comes once the
+    next shim recorded the exit from the supervisor's replay."""
     gated = GatedRecorder()
     runtime = await LinuxRuntime.connect(supervisor.socket, gated)
     direct = _direct(supervisor)
-    cid = ""
     closed = False
+    again: LinuxRuntime | None = None
     try:
         cid = await _running(runtime, containers)
         _, stream = await direct.exec(cid, _exec("sh", "-c", "exit 5"), inputs([]))
         ended = asyncio.ensure_future(collect(stream))
         await asyncio.wait_for(gated.arrived.wait(), 10)
-        assert not ended.done()
         closed = True
         await runtime.close()
+        await asyncio.sleep(0.3)
+        assert not ended.done()  # nobody recorded it yet
+        again = await LinuxRuntime.connect(supervisor.socket, recorder)
         assert await asyncio.wait_for(ended, 10) == []
+        assert _exits(recorder, cid) == [5]  # recorded before the end came
     finally:
         gated.gate.set()
         direct.close()
         if not closed:
             await runtime.close()
-    again = await LinuxRuntime.connect(supervisor.socket, recorder)
-    try:
-        for _ in range(100):  # the replayed exit is recorded by the next shim
-            if _exits(recorder, cid) == [5]:
-                break
-            await asyncio.sleep(0.05)
-        assert _exits(recorder, cid) == [5]
-    finally:
+        if again is None:
+            again = await LinuxRuntime.connect(supervisor.socket, recorder)
         await containers.cleanup(again)
         await again.close()
+
+
+async def test_with_no_shim_to_record_it_the_exec_goes_through_the_shim(supervisor: SupervisorPaths,
+                                                                         containers: Containers,
+                                                                         recorder: Recorder) -> None:
+    """Nothing starts: the caller's fallback (the shim's gRPC) then answers, as without this path."""
+    first = await LinuxRuntime.connect(supervisor.socket, recorder)
+    direct = _direct(supervisor)
+    try:
+        cid = await _running(first, containers)
+    finally:
+        await first.close()
+    try:
+        with pytest.raises(Unreachable, match="no shim"):
+            await direct.exec(cid, _exec("sh", "-c", "exit 6"), inputs([]))
+    finally:
+        direct.close()
+        runtime = await LinuxRuntime.connect(supervisor.socket, recorder)
+        await containers.cleanup(runtime)
+        await runtime.close()
+    assert _exits(recorder, cid) == []  # it never ran
 
 
 def test_only_the_nodes_own_socket_is_used(supervisor: SupervisorPaths, shim_dir: Path) -> None:
