@@ -59,8 +59,9 @@ async def post_exec_start(request: web.Request) -> web.StreamResponse:
     if not record.config.get("OpenStdin") and record.conflict is None:
         # It reads nothing from the client: it starts while the connection is taken over.
         early = asyncio.ensure_future(backend.start(record, detach=False, console_size=console, stdin=_no_input()))
-        await asyncio.sleep(0)  # its request is on its way before the 101 is
     try:
+        if early is not None:
+            await asyncio.sleep(0)  # its request is on its way before the 101 is
         resp, conn = await hijack(request, MULTIPLEXED_STREAM if multiplexed else RAW_STREAM)
     except BaseException:
         if early is None:

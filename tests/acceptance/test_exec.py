@@ -106,6 +106,20 @@ def _start_attached(socket_path: str, exec_id: str) -> bytes:
     return out
 
 
+def test_an_exec_whose_client_leaves_at_once_runs_on(client: docker_sdk.DockerClient, berthd: Berthd,
+                                                      box: str) -> None:
+    """The client sends the start and closes before the 101 (moby runs the exec regardless): it
+    runs, with output nobody reads, and its exit is recorded."""
+    exec_id = client.api.exec_create(box, ["sh", "-c", "seq 1 200000; exit 7"])["Id"]
+    body = b'{"Detach":false,"Tty":false}'
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(berthd.socket)
+        s.sendall(b"POST /v1.50/exec/%s/start HTTP/1.1\r\nHost: api\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                  % (exec_id.encode(), len(body), body))
+    eventually(lambda: client.api.exec_inspect(exec_id)["ExitCode"] == 7, what="the exec to end with 7")
+
+
 def test_exec_with_docker_py(client: docker_sdk.DockerClient, berthd: Berthd, box: str) -> None:
     container = client.containers.get(box)
     result = container.exec_run(["sh", "-c", "echo out; echo err >&2; exit 2"], demux=True)
