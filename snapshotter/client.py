@@ -8,6 +8,7 @@ server stream abandoned by the caller is cancelled. The channel belongs to the c
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,10 @@ class _SendFailure:
         try:
             async for message in messages:
                 yield message
+        except (GeneratorExit, asyncio.CancelledError):
+            # gRPC stopped reading: the call ended (the server answered early, with its error,
+            # or the caller was cancelled): not a failure of the sender's to report instead.
+            raise
         except BaseException as exc:
             self.error = exc
             raise
