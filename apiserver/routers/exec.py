@@ -83,9 +83,7 @@ def _abandon(started: asyncio.Future[Started]) -> None:
             _, outputs = await started
         except BaseException:
             return
-        aclose = getattr(outputs, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await _close_outputs(outputs)
 
     task = asyncio.ensure_future(close())
     _abandoned.add(task)
@@ -164,10 +162,15 @@ async def _copy(outputs: AsyncIterator[Output], conn: HijackedConnection, *, tty
             if not await conn.write(out.data if tty else frame(int(out.stream), out.data)):
                 break
     finally:
-        aclose = getattr(outputs, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(Exception):
-                await aclose()
+        await _close_outputs(outputs)
+
+
+async def _close_outputs(outputs: AsyncIterator[Output]) -> None:
+    """Done with an exec's output: its stream to the runtime is closed (unread output dropped)."""
+    aclose = getattr(outputs, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
 
 
 async def post_exec_resize(request: web.Request) -> web.StreamResponse:

@@ -1263,12 +1263,16 @@ class Supervisor:
                 return
             if pid == 0:
                 return
-            proc = self.procs.pop(pid, None)
+            proc = self.procs.get(pid)
             if proc is None:
                 continue  # an orphan we adopted as subreaper
-            proc.reaped = True
-            proc.wait_status = status
+            self._reaped(proc, status)
             self._maybe_finalize(proc)
+
+    def _reaped(self, proc: Process, status: int) -> None:
+        self.procs.pop(proc.pid, None)
+        proc.reaped = True
+        proc.wait_status = status
 
     def _reap_one(self, proc: Process) -> None:
         """Reap ``proc`` now if it exited: its last output closing is, most often, its exit,
@@ -1278,9 +1282,7 @@ class Supervisor:
         except ChildProcessError:
             return  # reaped already: reap() has it
         if pid == proc.pid:
-            self.procs.pop(pid, None)
-            proc.reaped = True
-            proc.wait_status = status
+            self._reaped(proc, status)
 
     def _on_oom(self, c: Container) -> None:
         if c.oom_fd is None:
